@@ -1,0 +1,40 @@
+"""bilevel: bilevel optimization and gradient-based meta-learning in PyTorch.
+
+Write a bilevel problem once (:class:`BilevelProblem`), then compute its hypergradient
+with any backend, chosen by one argument::
+
+    hypergrad(problem, theta, inner_batch, outer_batch, backend=Implicit(CG(maxiter=5)))
+"""
+
+from .adapters import (FirstOrder, HigherUnrolled, Implicit, Reptile, TorchoptImplicit,
+                       TruncatedUnrolled, Unrolled, implicit_hypergrad)
+from .errors import NonFiniteError, SolverError
+from .hvp import hvp, make_hvp
+from .hypergrad import HypergradBackend, Hypergradient, batched_hypergrad, hypergrad
+from .inner_solvers import Adam, GradientDescent, InnerSolver, Momentum, run_inner
+from .linear_solve import (CG, Dense, LinearSolver, LinearSolveResult, Neumann, solve_cg,
+                           solve_dense, solve_neumann)
+from .meta import imaml_problem, maml_problem, model_loss, proximal_penalty
+from .newton_cg import NewtonCG
+from .problem import BilevelProblem
+from .tree import Params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # problems
+    "BilevelProblem", "Params", "maml_problem", "imaml_problem", "model_loss", "proximal_penalty",
+    # inner solvers
+    "InnerSolver", "GradientDescent", "Momentum", "Adam", "NewtonCG", "run_inner",
+    # linear solvers
+    "LinearSolver", "LinearSolveResult", "CG", "Neumann", "Dense", "solve_cg", "solve_neumann",
+    "solve_dense",
+    # Hessian-vector products
+    "hvp", "make_hvp",
+    # hypergradients
+    "Hypergradient", "HypergradBackend", "hypergrad", "batched_hypergrad",
+    "Unrolled", "TruncatedUnrolled", "HigherUnrolled", "Implicit", "implicit_hypergrad",
+    "TorchoptImplicit", "FirstOrder", "Reptile",
+    # errors
+    "SolverError", "NonFiniteError",
+]

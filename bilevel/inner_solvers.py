@@ -1,0 +1,191 @@
+"""Inner optimizers as pure step functions over parameter dicts.
+
+An inner solver minimizes a scalar objective ``f(phi)`` from a start ``phi_0`` in a fixed
+number of ``steps``. Each solver is an immutable object with
+
+* ``init(phi) -> state`` and
+* ``step(f, phi, state) -> (phi, state)``,
+
+built from ``torch.func`` and tensor ops only. So the unrolled backend differentiates
+straight through the steps (``torch.func.grad`` of a function that calls ``step``), the
+implicit backend ignores the path, and a meta-batch of inner problems runs under ``vmap``.
+The step counter in a state is a Python ``int``: it drives no tensor control flow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import grad_and_value
+
+from .tree import Params, tree_axpy, tree_detach, tree_zeros_like
+
+__all__ = [
+    "InnerSolver",
+    "GradientDescent",
+    "Momentum",
+    "Adam",
+    "run_inner",
+    "check_steps",
+]
+
+Objective = Callable[[Params], Tensor]
+
+
+def check_steps(call: str, steps) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"{call}: steps must be an int, got {type(steps).__name__} ({steps!r}).")
+    if steps <= 0:
+        raise ValueError(f"{call}: steps must be >= 1, got {steps}. "
+                         "An inner solver needs at least one step.")
+    return steps
+
+
+def _check_positive(call: str, name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{call}: {name} must be a number > 0, got {value!r}.")
+
+
+def _check_unit_interval(call: str, name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{call}: {name} must be in [0, 1), got {value!r}.")
+
+
+class InnerSolver:
+    """Base class: a fixed number of ``steps`` of ``step(f, phi, state)`` from ``init(phi)``."""
+
+    steps: int
+
+    def init(self, phi: Params) -> Any:
+        return ()
+
+    def step(self, f: Objective, phi: Params, state: Any) -> tuple[Params, Any]:
+        raise NotImplementedError
+
+    def torch_optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
+        """The equivalent ``torch.optim`` optimizer (used by the ``higher`` adapter)."""
+        raise TypeError(f"{type(self).__name__} has no torch.optim equivalent, so it cannot run "
+                        "through the higher library; use the native Unrolled backend instead.")
+
+
+def run_inner(solver: InnerSolver, f: Objective, phi: Params, state: Any = None,
+              steps: int | None = None, detach: bool = False) -> tuple[Params, Any]:
+    """Apply ``steps`` (default ``solver.steps``) solver steps to ``f`` from ``phi``.
+
+    With ``detach=True`` no graph is kept between steps (the truncated and implicit
+    backends use it for the part of the path they do not differentiate).
+    """
+    if state is None:
+        state = solver.init(phi)
+    for _ in range(solver.steps if steps is None else steps):
+        phi, state = solver.step(f, phi, state)
+        if detach:
+            phi, state = tree_detach(phi), _detach_state(state)
+    return phi, state
+
+
+def _detach_state(state):
+    if isinstance(state, Tensor):
+        return state.detach()
+    if isinstance(state, dict):
+        return {k: _detach_state(v) for k, v in state.items()}
+    if isinstance(state, (tuple, list)):
+        return type(state)(_detach_state(v) for v in state)
+    return state
+
+
+@dataclass(frozen=True)
+class GradientDescent(InnerSolver):
+    """``phi <- phi - lr * grad f(phi)``, ``steps`` times."""
+
+    lr: float
+    steps: int
+
+    def __post_init__(self):
+        _check_positive("GradientDescent", "lr", self.lr)
+        check_steps("GradientDescent", self.steps)
+
+    def step(self, f, phi, state):
+        g, _ = grad_and_value(f)(phi)
+        return tree_axpy(-self.lr, g, phi), state
+
+    def torch_optimizer(self, params):
+        return torch.optim.SGD(params, lr=self.lr)
+
+
+@dataclass(frozen=True)
+class Momentum(InnerSolver):
+    """Heavy ball as in ``torch.optim.SGD(momentum=m)``: ``b <- m b + g`` (``b_1 = g_1``), ``phi <- phi - lr b``."""
+
+    lr: float
+    steps: int
+    momentum: float = 0.9
+
+    def __post_init__(self):
+        _check_positive("Momentum", "lr", self.lr)
+        _check_unit_interval("Momentum", "momentum", self.momentum)
+        check_steps("Momentum", self.steps)
+
+    def init(self, phi):
+        return (0, tree_zeros_like(phi))
+
+    def step(self, f, phi, state):
+        t, buf = state
+        g, _ = grad_and_value(f)(phi)
+        buf = g if t == 0 else tree_axpy(self.momentum, buf, g)
+        return tree_axpy(-self.lr, buf, phi), (t + 1, buf)
+
+    def torch_optimizer(self, params):
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+
+
+@dataclass(frozen=True)
+class Adam(InnerSolver):
+    """Adam with the update of ``higher``'s differentiable Adam (eps added to ``sqrt(v)``):
+
+    ``m <- b1 m + (1-b1) g``, ``v <- b2 v + (1-b2) g^2``,
+    ``phi <- phi - lr sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)``.
+
+    ``sqrt`` is taken as ``0`` with a zero derivative where ``v == 0``, so backpropagating
+    through a step where a gradient entry is exactly zero gives no NaN.
+    """
+
+    lr: float
+    steps: int
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        _check_positive("Adam", "lr", self.lr)
+        check_steps("Adam", self.steps)
+        if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
+            raise TypeError(f"Adam: betas must be a tuple of two floats, got {self.betas!r}.")
+        for b in self.betas:
+            _check_unit_interval("Adam", "betas", b)
+        _check_positive("Adam", "eps", self.eps)
+
+    def init(self, phi):
+        return (0, tree_zeros_like(phi), tree_zeros_like(phi))
+
+    def step(self, f, phi, state):
+        t, m, v = state
+        t += 1
+        b1, b2 = self.betas
+        g, _ = grad_and_value(f)(phi)
+        m = {k: b1 * m[k] + (1 - b1) * g[k] for k in g}
+        v = {k: b2 * v[k] + (1 - b2) * g[k] * g[k] for k in g}
+        step_size = self.lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
+        new_phi = {k: phi[k] - step_size * m[k] / (_safe_sqrt(v[k]) + self.eps) for k in phi}
+        return new_phi, (t, m, v)
+
+    def torch_optimizer(self, params):
+        return torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=self.eps)
+
+
+def _safe_sqrt(x: Tensor) -> Tensor:
+    positive = x > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))

@@ -1,0 +1,321 @@
+"""Linear solvers for ``A x = b`` where ``A`` is given only as a matvec over parameter dicts.
+
+All solvers share one signature, ``solve_*(matvec, b, ...) -> LinearSolveResult``, so
+conjugate gradient, the Neumann series and the dense solve are interchangeable.
+
+Invariants:
+
+* No Python control flow on tensor values: loops run a fixed number of iterations and
+  freeze the iterate once converged (masked updates), so a whole meta-batch of systems
+  solves under ``torch.func.vmap``.
+* Never silent: the result reports ``converged``, ``steps``, ``residual_norm``,
+  ``negative_curvature`` and ``diverged``; ``throw=True`` raises :class:`SolverError`
+  instead (outside ``vmap`` only, since it reads tensor values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .errors import SolverError
+from .tree import (Params, tree_axpy, tree_dot, tree_numel, tree_ravel, tree_scale, tree_sub,
+                   tree_unravel, tree_where, tree_zeros_like)
+
+__all__ = [
+    "LinearSolveResult",
+    "solve_cg",
+    "solve_neumann",
+    "solve_dense",
+    "CG",
+    "Neumann",
+    "Dense",
+    "LinearSolver",
+    "as_linear_solver",
+]
+
+Matvec = Callable[[Params], Params]
+
+
+class LinearSolveResult(NamedTuple):
+    """Solution of ``A x = b`` with diagnostics (all tensors, so it passes through ``vmap``).
+
+    Attributes:
+        solution: ``x``, a dict shaped like ``b``.
+        converged: ``||b - A x|| <= max(tol * ||b||, atol)`` (bool).
+        steps: matvec iterations that changed ``x`` (int64).
+        residual_norm: ``||b - A x||`` (CG: the recursively updated residual).
+        negative_curvature: CG met a direction with ``p^T A p <= 0`` and stopped there.
+        diverged: the residual grew beyond ``||b||`` or became non-finite.
+    """
+
+    solution: Params
+    converged: Tensor
+    steps: Tensor
+    residual_norm: Tensor
+    negative_curvature: Tensor
+    diverged: Tensor
+
+    def diagnostics(self) -> dict[str, Tensor]:
+        """Everything but the solution."""
+        return {k: getattr(self, k) for k in self._fields if k != "solution"}
+
+
+def _check_positive_int(call: str, name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{call}: {name} must be an int, got {type(value).__name__} ({value!r}).")
+    if value <= 0:
+        raise ValueError(f"{call}: {name} must be >= 1, got {value}. Use at least one iteration.")
+
+
+def _check_nonneg(call: str, name: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise ValueError(f"{call}: {name} must be a number >= 0, got {value!r}.")
+
+
+def _raise_if_failed(call: str, result: LinearSolveResult) -> LinearSolveResult:
+    if not bool(result.converged.all()):
+        reasons = []
+        if bool(result.negative_curvature.any()):
+            reasons.append("met negative curvature (the system is not positive definite)")
+        if bool(result.diverged.any()):
+            reasons.append("diverged (for Neumann, lower alpha below 2 / largest eigenvalue)")
+        raise SolverError(
+            f"{call}: did not converge after {int(result.steps.max())} steps, residual norm "
+            f"{float(result.residual_norm.max()):.3e}"
+            + (f"; {', '.join(reasons)}" if reasons else "; raise maxiter or loosen tol")
+        )
+    return result
+
+
+def _known_true(flag: Tensor) -> bool:
+    """``flag.all()`` when its value can be read; ``False`` under ``vmap``, where it cannot.
+
+    Lets an unbatched solve stop early while a batched one runs its fixed iteration count
+    (the frozen iterates make both give the same answer).
+    """
+    try:
+        return bool(flag.all())
+    except RuntimeError:
+        return False
+
+
+def _threshold(b_norm: Tensor, tol: float, atol: float) -> Tensor:
+    return torch.clamp(tol * b_norm, min=atol)
+
+
+def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: int | None = None,
+             tol: float = 1e-10, atol: float = 0.0, ridge: float = 0.0,
+             throw: bool = False) -> LinearSolveResult:
+    """Conjugate gradient for a symmetric positive definite ``A``: solves ``(A + ridge I) x = b``.
+
+    Runs at most ``maxiter`` iterations (default: the number of unknowns, at least 1, so a
+    scalar system is solved too), freezing ``x`` once ``||r|| <= max(tol ||b||, atol)`` or at
+    the first direction with ``p^T A p <= 0``, which it reports as negative curvature.
+    Outside ``vmap`` it returns as soon as every system has stopped; under ``vmap`` it runs
+    all ``maxiter`` iterations with frozen updates, so set ``maxiter`` there.
+
+    Example:
+        >>> import torch
+        >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]])
+        >>> res = solve_cg(lambda v: {"x": A @ v["x"]}, {"x": torch.tensor([1.0, 2.0])})
+        >>> torch.allclose(A @ res.solution["x"], torch.tensor([1.0, 2.0])), bool(res.converged)
+        (True, True)
+    """
+    if maxiter is None:
+        maxiter = max(tree_numel(b), 1)
+    _check_positive_int("solve_cg", "maxiter", maxiter)
+    _check_nonneg("solve_cg", "tol", tol)
+    _check_nonneg("solve_cg", "atol", atol)
+    _check_nonneg("solve_cg", "ridge", ridge)
+    op = matvec if ridge == 0 else (lambda v: tree_axpy(ridge, v, matvec(v)))
+
+    x = tree_zeros_like(b) if init is None else init
+    r = b if init is None else tree_sub(b, op(x))
+    p = r
+    rs = tree_dot(r, r)
+    zero = torch.zeros_like(rs)
+    thresh = _threshold(torch.sqrt(tree_dot(b, b)), tol, atol)
+    done = torch.sqrt(rs) <= thresh
+    negative = torch.zeros_like(done)
+    steps = torch.zeros((), dtype=torch.int64, device=rs.device)
+    for _ in range(maxiter):
+        Ap = op(p)
+        pAp = tree_dot(p, Ap)
+        curv_bad = pAp <= 0
+        negative = negative | (~done & curv_bad)
+        active = ~done & ~curv_bad
+        done = done | curv_bad
+        alpha = torch.where(active, rs / torch.where(active, pAp, torch.ones_like(pAp)), zero)
+        x = tree_axpy(alpha, p, x)
+        r = tree_axpy(-alpha, Ap, r)
+        rs_new = tree_dot(r, r)
+        beta = rs_new / torch.where(rs > 0, rs, torch.ones_like(rs))
+        p = tree_where(active, tree_axpy(beta, p, r), p)
+        rs = torch.where(active, rs_new, rs)
+        steps = steps + active.to(torch.int64)
+        done = done | (torch.sqrt(rs) <= thresh)
+        if _known_true(done):
+            break
+    res_norm = torch.sqrt(rs)
+    result = LinearSolveResult(
+        solution=x,
+        converged=res_norm <= thresh,
+        steps=steps,
+        residual_norm=res_norm,
+        negative_curvature=negative,
+        diverged=~torch.isfinite(res_norm),
+    )
+    return _raise_if_failed("solve_cg", result) if throw else result
+
+
+def solve_neumann(matvec: Matvec, b: Params, *, alpha: float = 1.0, steps: int = 10,
+                  tol: float = 1e-10, atol: float = 0.0, throw: bool = False) -> LinearSolveResult:
+    """Truncated Neumann series ``x = alpha * sum_{k<steps} (I - alpha A)^k b``.
+
+    Converges to ``A^-1 b`` iff ``0 < alpha < 2 / lambda_max(A)`` for positive definite ``A``.
+    The residual is exact for free: ``b - A x = (I - alpha A)^steps b``. A residual larger
+    than ``||b||`` or non-finite is reported as ``diverged``.
+
+    Example:
+        >>> import torch
+        >>> res = solve_neumann(lambda v: {"x": 0.5 * v["x"]}, {"x": torch.ones(2)}, alpha=1.0, steps=60)
+        >>> torch.allclose(res.solution["x"], torch.full((2,), 2.0))
+        True
+    """
+    _check_positive_int("solve_neumann", "steps", steps)
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
+        raise ValueError(f"solve_neumann: alpha must be a number > 0, got {alpha!r}. "
+                         "Choose alpha below 2 / (largest eigenvalue of A).")
+    _check_nonneg("solve_neumann", "tol", tol)
+    _check_nonneg("solve_neumann", "atol", atol)
+    p = b
+    x = tree_zeros_like(b)
+    for _ in range(steps):
+        x = tree_axpy(alpha, p, x)
+        p = tree_axpy(-alpha, matvec(p), p)
+    res_norm = torch.sqrt(tree_dot(p, p))
+    b_norm = torch.sqrt(tree_dot(b, b))
+    result = LinearSolveResult(
+        solution=x,
+        converged=res_norm <= _threshold(b_norm, tol, atol),
+        steps=torch.full((), steps, dtype=torch.int64, device=res_norm.device),
+        residual_norm=res_norm,
+        negative_curvature=torch.zeros((), dtype=torch.bool, device=res_norm.device),
+        diverged=~torch.isfinite(res_norm) | (res_norm > b_norm),
+    )
+    return _raise_if_failed("solve_neumann", result) if throw else result
+
+
+def solve_dense(matvec: Matvec, b: Params, *, ridge: float = 0.0, tol: float = 1e-10,
+                atol: float = 0.0, throw: bool = False) -> LinearSolveResult:
+    """Materialize ``A`` (one matvec per unknown, batched with ``vmap``) and solve directly.
+
+    For small problems and as the reference in tests: O(n) matvecs and O(n^3) time.
+    """
+    _check_nonneg("solve_dense", "ridge", ridge)
+    flat_b = tree_ravel(b)
+    n = flat_b.numel()
+
+    def flat_matvec(v: Tensor) -> Tensor:
+        out = matvec(tree_unravel(v, b))
+        return tree_ravel(out) + ridge * v
+
+    eye = torch.eye(n, dtype=flat_b.dtype, device=flat_b.device)
+    A = torch.func.vmap(flat_matvec)(eye).transpose(0, 1)  # row i of vmap output is A e_i
+    x = torch.linalg.solve(A, flat_b)
+    res_norm = torch.linalg.vector_norm(flat_b - A @ x)
+    b_norm = torch.linalg.vector_norm(flat_b)
+    # A direct solve is backward stable: its residual is bounded by rounding, not by tol.
+    rounding = 100 * n * torch.finfo(flat_b.dtype).eps * (torch.linalg.matrix_norm(A) * torch.linalg.vector_norm(x) + b_norm)
+    result = LinearSolveResult(
+        solution=tree_unravel(x, b),
+        converged=(res_norm <= torch.maximum(_threshold(b_norm, tol, atol), rounding)) & torch.isfinite(res_norm),
+        steps=torch.full((), n, dtype=torch.int64, device=flat_b.device),
+        residual_norm=res_norm,
+        negative_curvature=torch.zeros((), dtype=torch.bool, device=flat_b.device),
+        diverged=~torch.isfinite(res_norm),
+    )
+    return _raise_if_failed("solve_dense", result) if throw else result
+
+
+# --- Configured solvers: immutable objects validated at construction, called as solver(matvec, b).
+
+
+class LinearSolver:
+    """A configured linear solver: ``solver(matvec, b) -> LinearSolveResult``."""
+
+    def __call__(self, matvec: Matvec, b: Params, init: Params | None = None) -> LinearSolveResult:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class CG(LinearSolver):
+    """Conjugate gradient with ``maxiter`` iterations (``None``: one per unknown)."""
+
+    maxiter: int | None = None
+    tol: float = 1e-10
+    atol: float = 0.0
+    ridge: float = 0.0
+
+    def __post_init__(self):
+        if self.maxiter is not None:
+            _check_positive_int("CG", "maxiter", self.maxiter)
+        _check_nonneg("CG", "tol", self.tol)
+        _check_nonneg("CG", "atol", self.atol)
+        _check_nonneg("CG", "ridge", self.ridge)
+
+    def __call__(self, matvec, b, init=None):
+        return solve_cg(matvec, b, init=init, maxiter=self.maxiter, tol=self.tol, atol=self.atol,
+                        ridge=self.ridge)
+
+
+@dataclass(frozen=True)
+class Neumann(LinearSolver):
+    """Neumann series ``alpha * sum_{k<steps} (I - alpha A)^k b``."""
+
+    alpha: float = 1.0
+    steps: int = 10
+    tol: float = 1e-10
+    atol: float = 0.0
+
+    def __post_init__(self):
+        _check_positive_int("Neumann", "steps", self.steps)
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not self.alpha > 0:
+            raise ValueError(f"Neumann: alpha must be a number > 0, got {self.alpha!r}.")
+
+    def __call__(self, matvec, b, init=None):
+        return solve_neumann(matvec, b, alpha=self.alpha, steps=self.steps, tol=self.tol, atol=self.atol)
+
+
+@dataclass(frozen=True)
+class Dense(LinearSolver):
+    """Direct solve of the materialized matrix (small problems, tests)."""
+
+    ridge: float = 0.0
+
+    def __post_init__(self):
+        _check_nonneg("Dense", "ridge", self.ridge)
+
+    def __call__(self, matvec, b, init=None):
+        return solve_dense(matvec, b, ridge=self.ridge)
+
+
+_BY_NAME = {"cg": CG, "neumann": Neumann, "dense": Dense}
+
+
+def as_linear_solver(call: str, solver) -> LinearSolver:
+    """Accept a :class:`LinearSolver`, a name (``"cg"``, ``"neumann"``, ``"dense"``) or a callable."""
+    if isinstance(solver, str):
+        if solver not in _BY_NAME:
+            raise ValueError(f"{call}: unknown linear solver {solver!r}; expected one of "
+                             f"{sorted(_BY_NAME)} or a LinearSolver such as CG(maxiter=5).")
+        return _BY_NAME[solver]()
+    if callable(solver):
+        return solver
+    raise TypeError(f"{call}: linear_solver must be a LinearSolver, a name or a callable "
+                    f"(matvec, b) -> LinearSolveResult, got {type(solver).__name__}.")
