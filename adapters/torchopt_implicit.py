@@ -25,7 +25,8 @@ class TorchoptImplicit(HypergradBackend):
         linear_solver: :class:`~bilevel.CG` (mapped to ``torchopt.linear_solve.solve_cg``) or
             :class:`~bilevel.Neumann` (mapped to ``solve_inv(ns=True)``).
 
-    TorchOpt differentiates with ``torch.autograd``, so tasks run one at a time.
+    TorchOpt differentiates with ``torch.autograd``, so tasks run one at a time. Its CG always
+    continues through negative curvature (our ``CG(negative_curvature="continue")``).
     """
 
     linear_solver: Any = field(default_factory=CG)

@@ -58,6 +58,18 @@ def make_hvp(f: Callable[[Params], Tensor], x: Params,
     check_hvp_mode("make_hvp", mode)
     grad_f = grad(f)
     if mode == "forward-over-reverse":
-        return lambda v: jvp(grad_f, (x,), (v,))[1]
+        def forward_over_reverse(v):
+            try:
+                return jvp(grad_f, (x,), (v,))[1]
+            except RuntimeError as exc:
+                if "ZeroTensors are immutable" not in str(exc):
+                    raise
+                # torch 2.13 lacks forward-mode support in some backward formulas (F.mse_loss's).
+                raise RuntimeError(
+                    "hvp(mode='forward-over-reverse'): an op in the loss has no working forward-mode "
+                    "derivative of its backward on this torch (seen with F.mse_loss on 2.13: 'ZeroTensors "
+                    "are immutable'). Use hvp_mode='reverse-over-reverse', or write the op by hand "
+                    "(e.g. ((out - y) ** 2).mean()).") from exc
+        return forward_over_reverse
     _, vjp_fn = vjp(grad_f, x)
     return lambda v: vjp_fn(v)[0]

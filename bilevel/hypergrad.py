@@ -119,14 +119,17 @@ def hypergrad(problem: BilevelProblem, theta: Params, inner_batch: Any, outer_ba
 
 def batched_hypergrad(problem: BilevelProblem, theta: Params, inner_batches: Any, outer_batches: Any,
                       *, backend: HypergradBackend, chunk_size: int | None = None,
-                      inner_solutions: Params | None = None, throw: bool = False) -> Hypergradient:
+                      inner_solutions: Params | None = None, vectorize: bool = True,
+                      throw: bool = False) -> Hypergradient:
     """Mean outer loss and mean hypergradient over a meta-batch of tasks.
 
     Every tensor in ``inner_batches`` and ``outer_batches`` (and ``inner_solutions``) has the
     task index as dimension 0. Native backends compute the per-task hypergradients under one
     ``vmap`` (``chunk_size`` tasks at a time, to bound memory); adapters over other libraries
-    loop. ``inner_solution`` and ``stats`` in the result are stacked per task, and
-    ``stats["task_loss"]`` holds each task's outer loss.
+    loop, and so does every backend with ``vectorize=False`` (on a CPU a loop can be faster,
+    and it holds one task's graph at a time). Both give the same numbers. ``inner_solution``
+    and ``stats`` in the result are stacked per task, and ``stats["task_loss"]`` holds each
+    task's outer loss.
     """
     _check_call("batched_hypergrad", problem, theta, backend, inner_solutions)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
@@ -140,7 +143,7 @@ def batched_hypergrad(problem: BilevelProblem, theta: Params, inner_batches: Any
         kwargs = {"inner_solution": solution} if with_sol else {}
         return backend.hypergrad(problem, theta, inner_batch, outer_batch, **kwargs)
 
-    if backend.vmappable:
+    if backend.vmappable and vectorize:
         per_task = vmap(one_task, in_dims=(0, 0, 0 if with_sol else None),
                         chunk_size=chunk_size, randomness="error")(inner_batches, outer_batches,
                                                                    inner_solutions)

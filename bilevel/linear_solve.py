@@ -72,6 +72,11 @@ def _check_positive_int(call: str, name: str, value) -> None:
         raise ValueError(f"{call}: {name} must be >= 1, got {value}. Use at least one iteration.")
 
 
+def _check_choice(call: str, name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{call}: {name} must be one of {choices}, got {value!r}.")
+
+
 def _check_nonneg(call: str, name: str, value) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
         raise ValueError(f"{call}: {name} must be a number >= 0, got {value!r}.")
@@ -110,7 +115,7 @@ def _threshold(b_norm: Tensor, tol: float, atol: float) -> Tensor:
 
 def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: int | None = None,
              tol: float = 1e-10, atol: float = 0.0, ridge: float = 0.0,
-             throw: bool = False) -> LinearSolveResult:
+             negative_curvature: str = "stop", throw: bool = False) -> LinearSolveResult:
     """Conjugate gradient for a symmetric positive definite ``A``: solves ``(A + ridge I) x = b``.
 
     Runs at most ``maxiter`` iterations (default: the number of unknowns, at least 1, so a
@@ -118,6 +123,10 @@ def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: 
     the first direction with ``p^T A p <= 0``, which it reports as negative curvature.
     Outside ``vmap`` it returns as soon as every system has stopped; under ``vmap`` it runs
     all ``maxiter`` iterations with frozen updates, so set ``maxiter`` there.
+
+    ``negative_curvature="continue"`` keeps iterating through directions with ``p^T A p < 0``
+    (plain CG on a symmetric indefinite system, as the iMAML reference code and TorchOpt do),
+    stopping only at an exact breakdown ``p^T A p == 0``; the flag is reported either way.
 
     Example:
         >>> import torch
@@ -132,6 +141,7 @@ def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: 
     _check_nonneg("solve_cg", "tol", tol)
     _check_nonneg("solve_cg", "atol", atol)
     _check_nonneg("solve_cg", "ridge", ridge)
+    _check_choice("solve_cg", "negative_curvature", negative_curvature, ("stop", "continue"))
     op = matvec if ridge == 0 else (lambda v: tree_axpy(ridge, v, matvec(v)))
 
     x = tree_zeros_like(b) if init is None else init
@@ -146,8 +156,8 @@ def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: 
     for _ in range(maxiter):
         Ap = op(p)
         pAp = tree_dot(p, Ap)
-        curv_bad = pAp <= 0
-        negative = negative | (~done & curv_bad)
+        negative = negative | (~done & (pAp <= 0))
+        curv_bad = pAp <= 0 if negative_curvature == "stop" else pAp == 0
         active = ~done & ~curv_bad
         done = done | curv_bad
         alpha = torch.where(active, rs / torch.where(active, pAp, torch.ones_like(pAp)), zero)
@@ -255,23 +265,25 @@ class LinearSolver:
 
 @dataclass(frozen=True)
 class CG(LinearSolver):
-    """Conjugate gradient with ``maxiter`` iterations (``None``: one per unknown)."""
+    """Conjugate gradient with ``maxiter`` iterations (``None``: one per unknown); see :func:`solve_cg`."""
 
     maxiter: int | None = None
     tol: float = 1e-10
     atol: float = 0.0
     ridge: float = 0.0
+    negative_curvature: str = "stop"
 
     def __post_init__(self):
         if self.maxiter is not None:
             _check_positive_int("CG", "maxiter", self.maxiter)
+        _check_choice("CG", "negative_curvature", self.negative_curvature, ("stop", "continue"))
         _check_nonneg("CG", "tol", self.tol)
         _check_nonneg("CG", "atol", self.atol)
         _check_nonneg("CG", "ridge", self.ridge)
 
     def __call__(self, matvec, b, init=None):
         return solve_cg(matvec, b, init=init, maxiter=self.maxiter, tol=self.tol, atol=self.atol,
-                        ridge=self.ridge)
+                        ridge=self.ridge, negative_curvature=self.negative_curvature)
 
 
 @dataclass(frozen=True)

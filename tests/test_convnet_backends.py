@@ -140,13 +140,16 @@ def test_batched_equals_looped(tasks, case):
             assert torch.equal(batched.stats[k], expected), k
 
 
-def test_chunked_vmap_equals_unchunked(tasks):
+def test_chunked_vmap_and_loop_equal_unchunked(tasks):
     net, theta, support, query = tasks
     problem = imaml_problem(net_loss(net), LAM, GradientDescent(lr=0.1, steps=3))
     backend = Implicit(CG(maxiter=3))
     full = batched_hypergrad(problem, theta, support, query, backend=backend)
     chunked = batched_hypergrad(problem, theta, support, query, backend=backend, chunk_size=2)
+    looped = batched_hypergrad(problem, theta, support, query, backend=backend, vectorize=False)
     assert rel_err(chunked.grad, full.grad) < TOL
+    assert rel_err(looped.grad, full.grad) < TOL
+    assert torch.equal(looped.stats["steps"], full.stats["steps"])
 
 
 def test_grad_of_vmapped_mean_through_batchnorm_is_caught(tasks):

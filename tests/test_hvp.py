@@ -37,3 +37,21 @@ def test_hvp_matches_dense_hessian(mode):
 def test_unknown_mode_raises():
     with pytest.raises(ValueError, match="unknown hvp mode 'fwd'"):
         hvp(f, {"a": torch.zeros(3)}, {"a": torch.zeros(3)}, mode="fwd")
+
+
+def test_missing_forward_mode_rule_names_the_fallback():
+    """F.mse_loss's backward has no forward-mode rule on torch 2.13; the error says what to do,
+    and reverse-over-reverse works."""
+    import torch.nn.functional as F
+
+    x, y = torch.randn(6, 2, dtype=DTYPE), torch.randn(6, dtype=DTYPE)
+    f_mse = lambda p: F.mse_loss(x @ p["w"], y)
+    p = {"w": torch.randn(2, dtype=DTYPE)}
+    expected = 2 * x.T @ x @ p["w"] / 6
+    try:
+        out = hvp(f_mse, p, p)
+    except RuntimeError as exc:
+        assert "hvp_mode='reverse-over-reverse'" in str(exc)
+    else:  # a torch that has the rule
+        torch.testing.assert_close(out["w"], expected)
+    torch.testing.assert_close(hvp(f_mse, p, p, mode="reverse-over-reverse")["w"], expected)

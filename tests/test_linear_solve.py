@@ -165,3 +165,15 @@ def test_batched_cg_under_vmap_equals_loop():
 def test_bad_solver_options_raise(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_cg_continue_through_negative_curvature_solves_indefinite_system():
+    """Plain CG (negative_curvature="continue") solves a nonsingular indefinite system and
+    still reports that it met negative curvature; "stop" freezes at the last good iterate."""
+    A = torch.diag(torch.tensor([2.0, 1.0, -3.0], dtype=DTYPE))
+    b = {"x": torch.tensor([1.0, 2.0, 3.0], dtype=DTYPE)}
+    result = solve_cg(lambda v: {"x": A @ v["x"]}, b, negative_curvature="continue")
+    assert bool(result.negative_curvature) and bool(result.converged)
+    torch.testing.assert_close(result.solution["x"], torch.tensor([0.5, 2.0, -1.0], dtype=DTYPE))
+    with pytest.raises(ValueError, match="negative_curvature must be one of"):
+        CG(negative_curvature="ignore")
