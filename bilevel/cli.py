@@ -56,7 +56,7 @@ def _add_training_flags(p: argparse.ArgumentParser, with_method: bool = True) ->
     h.add_argument("--inner-lr", type=_positive_float, help="inner learning rate (default: 0.1; sinusoid 0.02)")
     h.add_argument("--lam", type=_positive_float, default=2.0, help="iMAML's proximal strength lambda (default: 2.0)")
     h.add_argument("--cg-steps", type=_positive_int, default=5, help="CG steps for the implicit meta-gradient (default: 5)")
-    h.add_argument("--hf-steps", type=_positive_int, default=5, help="Newton iterations of imaml-hf (default: 5)")
+    h.add_argument("--hf-steps", type=_positive_int, help="Newton iterations of imaml-hf (default: 5; sinusoid 2)")
     h.add_argument("--hf-cg-steps", type=_positive_int, default=5, help="CG steps per Newton direction (default: 5)")
     h.add_argument("--truncate-steps", type=_positive_int, help="steps kept by --backend truncated (default: half)")
     h.add_argument("--outer-lr", type=_positive_float, default=1e-3, help="Adam learning rate (default: 1e-3)")

@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.func import grad_and_value
 
 from .tree import Params, tree_axpy, tree_detach, tree_zeros_like
+from .validation import check_positive, check_positive_int, check_unit_interval
 
 __all__ = [
     "InnerSolver",
@@ -37,22 +38,7 @@ Objective = Callable[[Params], Tensor]
 
 
 def check_steps(call: str, steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"{call}: steps must be an int, got {type(steps).__name__} ({steps!r}).")
-    if steps <= 0:
-        raise ValueError(f"{call}: steps must be >= 1, got {steps}. "
-                         "An inner solver needs at least one step.")
-    return steps
-
-
-def _check_positive(call: str, name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{call}: {name} must be a number > 0, got {value!r}.")
-
-
-def _check_unit_interval(call: str, name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{call}: {name} must be in [0, 1), got {value!r}.")
+    return check_positive_int(call, "steps", steps)
 
 
 class InnerSolver:
@@ -106,7 +92,7 @@ class GradientDescent(InnerSolver):
     steps: int
 
     def __post_init__(self):
-        _check_positive("GradientDescent", "lr", self.lr)
+        check_positive("GradientDescent", "lr", self.lr)
         check_steps("GradientDescent", self.steps)
 
     def step(self, f, phi, state):
@@ -126,8 +112,8 @@ class Momentum(InnerSolver):
     momentum: float = 0.9
 
     def __post_init__(self):
-        _check_positive("Momentum", "lr", self.lr)
-        _check_unit_interval("Momentum", "momentum", self.momentum)
+        check_positive("Momentum", "lr", self.lr)
+        check_unit_interval("Momentum", "momentum", self.momentum)
         check_steps("Momentum", self.steps)
 
     def init(self, phi):
@@ -160,13 +146,13 @@ class Adam(InnerSolver):
     eps: float = 1e-8
 
     def __post_init__(self):
-        _check_positive("Adam", "lr", self.lr)
+        check_positive("Adam", "lr", self.lr)
         check_steps("Adam", self.steps)
         if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
             raise TypeError(f"Adam: betas must be a tuple of two floats, got {self.betas!r}.")
         for b in self.betas:
-            _check_unit_interval("Adam", "betas", b)
-        _check_positive("Adam", "eps", self.eps)
+            check_unit_interval("Adam", "betas", b)
+        check_positive("Adam", "eps", self.eps)
 
     def init(self, phi):
         return (0, tree_zeros_like(phi), tree_zeros_like(phi))

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .errors import SolverError
+from .validation import check_choice, check_nonnegative, check_positive, check_positive_int
 from .tree import (Params, tree_axpy, tree_dot, tree_numel, tree_ravel, tree_scale, tree_sub,
                    tree_unravel, tree_where, tree_zeros_like)
 
@@ -63,23 +64,6 @@ class LinearSolveResult(NamedTuple):
     def diagnostics(self) -> dict[str, Tensor]:
         """Everything but the solution."""
         return {k: getattr(self, k) for k in self._fields if k != "solution"}
-
-
-def _check_positive_int(call: str, name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{call}: {name} must be an int, got {type(value).__name__} ({value!r}).")
-    if value <= 0:
-        raise ValueError(f"{call}: {name} must be >= 1, got {value}. Use at least one iteration.")
-
-
-def _check_choice(call: str, name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{call}: {name} must be one of {choices}, got {value!r}.")
-
-
-def _check_nonneg(call: str, name: str, value) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-        raise ValueError(f"{call}: {name} must be a number >= 0, got {value!r}.")
 
 
 def _raise_if_failed(call: str, result: LinearSolveResult) -> LinearSolveResult:
@@ -137,11 +121,11 @@ def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: 
     """
     if maxiter is None:
         maxiter = max(tree_numel(b), 1)
-    _check_positive_int("solve_cg", "maxiter", maxiter)
-    _check_nonneg("solve_cg", "tol", tol)
-    _check_nonneg("solve_cg", "atol", atol)
-    _check_nonneg("solve_cg", "ridge", ridge)
-    _check_choice("solve_cg", "negative_curvature", negative_curvature, ("stop", "continue"))
+    check_positive_int("solve_cg", "maxiter", maxiter)
+    check_nonnegative("solve_cg", "tol", tol)
+    check_nonnegative("solve_cg", "atol", atol)
+    check_nonnegative("solve_cg", "ridge", ridge)
+    check_choice("solve_cg", "negative_curvature", negative_curvature, ("stop", "continue"))
     op = matvec if ridge == 0 else (lambda v: tree_axpy(ridge, v, matvec(v)))
 
     x = tree_zeros_like(b) if init is None else init
@@ -197,12 +181,10 @@ def solve_neumann(matvec: Matvec, b: Params, *, alpha: float = 1.0, steps: int =
         >>> torch.allclose(res.solution["x"], torch.full((2,), 2.0))
         True
     """
-    _check_positive_int("solve_neumann", "steps", steps)
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
-        raise ValueError(f"solve_neumann: alpha must be a number > 0, got {alpha!r}. "
-                         "Choose alpha below 2 / (largest eigenvalue of A).")
-    _check_nonneg("solve_neumann", "tol", tol)
-    _check_nonneg("solve_neumann", "atol", atol)
+    check_positive_int("solve_neumann", "steps", steps)
+    check_positive("solve_neumann", "alpha", alpha)
+    check_nonnegative("solve_neumann", "tol", tol)
+    check_nonnegative("solve_neumann", "atol", atol)
     p = b
     x = tree_zeros_like(b)
     for _ in range(steps):
@@ -227,7 +209,7 @@ def solve_dense(matvec: Matvec, b: Params, *, ridge: float = 0.0, tol: float = 1
 
     For small problems and as the reference in tests: O(n) matvecs and O(n^3) time.
     """
-    _check_nonneg("solve_dense", "ridge", ridge)
+    check_nonnegative("solve_dense", "ridge", ridge)
     flat_b = tree_ravel(b)
     n = flat_b.numel()
 
@@ -275,11 +257,11 @@ class CG(LinearSolver):
 
     def __post_init__(self):
         if self.maxiter is not None:
-            _check_positive_int("CG", "maxiter", self.maxiter)
-        _check_choice("CG", "negative_curvature", self.negative_curvature, ("stop", "continue"))
-        _check_nonneg("CG", "tol", self.tol)
-        _check_nonneg("CG", "atol", self.atol)
-        _check_nonneg("CG", "ridge", self.ridge)
+            check_positive_int("CG", "maxiter", self.maxiter)
+        check_choice("CG", "negative_curvature", self.negative_curvature, ("stop", "continue"))
+        check_nonnegative("CG", "tol", self.tol)
+        check_nonnegative("CG", "atol", self.atol)
+        check_nonnegative("CG", "ridge", self.ridge)
 
     def __call__(self, matvec, b, init=None):
         return solve_cg(matvec, b, init=init, maxiter=self.maxiter, tol=self.tol, atol=self.atol,
@@ -296,9 +278,8 @@ class Neumann(LinearSolver):
     atol: float = 0.0
 
     def __post_init__(self):
-        _check_positive_int("Neumann", "steps", self.steps)
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not self.alpha > 0:
-            raise ValueError(f"Neumann: alpha must be a number > 0, got {self.alpha!r}.")
+        check_positive_int("Neumann", "steps", self.steps)
+        check_positive("Neumann", "alpha", self.alpha)
 
     def __call__(self, matvec, b, init=None):
         return solve_neumann(matvec, b, alpha=self.alpha, steps=self.steps, tol=self.tol, atol=self.atol)
@@ -311,7 +292,7 @@ class Dense(LinearSolver):
     ridge: float = 0.0
 
     def __post_init__(self):
-        _check_nonneg("Dense", "ridge", self.ridge)
+        check_nonnegative("Dense", "ridge", self.ridge)
 
     def __call__(self, matvec, b, init=None):
         return solve_dense(matvec, b, ridge=self.ridge)

@@ -8,9 +8,10 @@ import torch
 from torch.func import grad_and_value, vmap
 
 from .hvp import check_hvp_mode, make_hvp
-from .inner_solvers import InnerSolver, _check_positive, check_steps
-from .linear_solve import _check_nonneg, solve_cg
+from .inner_solvers import InnerSolver, check_steps
+from .linear_solve import solve_cg
 from .tree import tree_axpy, tree_dot, tree_scale, tree_where
+from .validation import check_nonnegative
 
 __all__ = ["NewtonCG"]
 
@@ -41,7 +42,7 @@ class NewtonCG(InnerSolver):
         check_steps("NewtonCG", self.steps)
         check_steps("NewtonCG(cg_steps)", self.cg_steps)
         check_steps("NewtonCG(line_search_steps)", self.line_search_steps)
-        _check_nonneg("NewtonCG", "damping", self.damping)
+        check_nonnegative("NewtonCG", "damping", self.damping)
         if not 0 < self.shrink < 1:
             raise ValueError(f"NewtonCG: shrink must be in (0, 1), got {self.shrink!r}.")
         if not 0 < self.armijo < 1:

@@ -116,3 +116,10 @@ def net_loss(net):
         return F.cross_entropy(functional_call(net, params, (x,)), y)
 
     return loss
+
+
+def rel_err(a, b):
+    """``||a - b|| / ||b||`` over all leaves of two parameter dicts (one number, so that leaves
+    whose exact gradient is zero, like conv biases before BatchNorm, do not divide by zero)."""
+    num = sum(((a[k] - b[k]) ** 2).sum() for k in b).sqrt()
+    return float(num / sum((b[k] ** 2).sum() for k in b).sqrt())

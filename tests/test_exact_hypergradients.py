@@ -6,17 +6,12 @@ import torch
 
 from backends import CASES, EXACT, ids
 from bilevel import CG, GradientDescent, Implicit, NewtonCG, hypergrad
-from problems import (DTYPE, logistic_data, logistic_problem, ridge_data, ridge_exact,
+from problems import (DTYPE, rel_err, logistic_data, logistic_problem, ridge_data, ridge_exact,
                       ridge_lipschitz, ridge_problem)
 
 LAM = 10.0
 RIDGE_RTOL = 1e-8  # the bar for converged solvers in float64
 FD_RTOL = 1e-6  # central differences with h = 1e-5: truncation ~h^2, rounding ~eps/h
-
-
-def rel_err(a, b):
-    num = sum(((a[k] - b[k]) ** 2).sum() for k in b).sqrt()
-    return float(num / sum((b[k] ** 2).sum() for k in b).sqrt())
 
 
 def ridge_setup():

@@ -116,8 +116,12 @@ class MiniImageNetBenchmark(Benchmark):
         if self.data_root is None:
             raise ValueError("--benchmark miniimagenet needs --data-root pointing at the split files "
                              "(see docs/data.md); they cannot be downloaded automatically.")
-        classes = load_miniimagenet(self.data_root, split)
-        return EpisodeSampler(classes, self.ways, self.shots, self.queries, seed=seed + SPLIT_SEED_OFFSET[split])
+        if self._splits is None:
+            self._splits = {}
+        if split not in self._splits:  # validation asks for its sampler again and again
+            self._splits[split] = load_miniimagenet(self.data_root, split)
+        return EpisodeSampler(self._splits[split], self.ways, self.shots, self.queries,
+                              seed=seed + SPLIT_SEED_OFFSET[split])
 
 
 BENCHMARKS = {"sinusoid": SinusoidBenchmark, "omniglot": OmniglotBenchmark, "miniimagenet": MiniImageNetBenchmark}

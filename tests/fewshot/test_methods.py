@@ -6,6 +6,7 @@ import torch
 from bilevel.fewshot import SinusoidMLP, TrainConfig, build_method, make_benchmark, resolve
 from bilevel.fewshot.benchmarks import batch_to_tasks
 from bilevel import batched_hypergrad
+from problems import rel_err
 
 TOL = 1e-10
 LR, STEPS, LAM = 0.02, 3, 2.0
@@ -19,11 +20,6 @@ def setting():
     support, query = batch_to_tasks(bench.sampler("train", 0).sample(3), "cpu", dtype=torch.float64)
     theta = {k: v.detach() for k, v in model.named_parameters()}
     return bench, model, theta, support, query
-
-
-def rel_err(a, b):
-    num = sum(((a[k] - b[k]) ** 2).sum() for k in b).sqrt()
-    return float(num / sum((b[k] ** 2).sum() for k in b).sqrt())
 
 
 def ours(method, setting, **overrides):
