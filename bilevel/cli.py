@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_flags(c, with_method=False)
     c.add_argument("--out", help="output folder (default: runs/compare-<benchmark>)")
     c.add_argument("--tasks", type=_positive_int, help="test tasks per method (default: 600)")
-    c.add_argument("--resume", action="store_true", help="reuse runs already in --out, finishing unfinished ones")
+    c.add_argument("--resume", action="store_true", help="keep finished runs (and their evaluations) in --out, continue unfinished ones")
     return parser
 
 

@@ -26,16 +26,23 @@ def _run(args: list[str]) -> None:
 
 def compare(methods: list[str], out: Path, train_args: list[str], eval_tasks: int | None = None,
             resume: bool = False) -> list[dict]:
-    """Train (or, with ``resume``, finish training) and evaluate each method under ``out/<method>``."""
+    """Train and evaluate each method under ``out/<method>``.
+
+    With ``resume``, a run that finished training (it has ``summary.json``) is kept as it is, an
+    unfinished one continues from its checkpoint, and an existing evaluation is reused.
+    """
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for method in methods:
         run_dir = out / method
-        if resume and (run_dir / "checkpoint.pt").exists():
+        if resume and (run_dir / "summary.json").exists():
+            pass
+        elif resume and (run_dir / "checkpoint.pt").exists():
             _run(["train", "--resume", str(run_dir)])
         else:
             _run(["train", "--method", method, "--out", str(run_dir), *train_args])
-        _run(["evaluate", str(run_dir), "--quiet"] + (["--tasks", str(eval_tasks)] if eval_tasks else []))
+        if not (resume and (run_dir / "evaluation-test.json").exists()):
+            _run(["evaluate", str(run_dir), "--quiet"] + (["--tasks", str(eval_tasks)] if eval_tasks else []))
         summary = json.loads((run_dir / "summary.json").read_text())
         evaluation = json.loads((run_dir / "evaluation-test.json").read_text())
         rows.append({**summary, **{k: evaluation[k] for k in ("metric", "mean", "ci95", "tasks")}})

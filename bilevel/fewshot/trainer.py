@@ -141,13 +141,14 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
     optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
     sampler = benchmark.sampler("train", config.seed)
     log_path = run_dir / "metrics.jsonl"
-    start, best_val, train_seconds = 0, None, 0.0
+    start, best_val, train_seconds, timed_iterations = 0, None, 0.0, 0
     if resume:
         state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
-        start, best_val, train_seconds = state["iteration"], state["best_val"], state["train_seconds"]
+        start, best_val = state["iteration"], state["best_val"]
+        train_seconds, timed_iterations = state["train_seconds"], state["timed_iterations"]
         _truncate_log(log_path, start)
     elif log_path.exists():
         log_path.unlink()
@@ -155,7 +156,7 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
     def checkpoint(iteration):
         _save_atomic({"iteration": iteration, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "sampler": sampler.state_dict(), "best_val": best_val, "train_seconds": train_seconds,
-                      "config": dataclasses.asdict(config)}, run_dir / "checkpoint.pt")
+                      "timed_iterations": timed_iterations, "config": dataclasses.asdict(config)}, run_dir / "checkpoint.pt")
 
     def validate():
         val_sampler = benchmark.sampler("val", config.seed)  # the same val tasks every time
@@ -168,7 +169,6 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     base_rss = peak_rss = _rss_mb()
-    timed_iterations = 0
     metric = benchmark.metric_name
     bar = tqdm(total=config.iterations, initial=start, disable=not progress, dynamic_ncols=True,
                desc=f"{config.method} {config.benchmark}", unit="it")
@@ -216,12 +216,10 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
     summary = {
         "method": config.method, "benchmark": config.benchmark, "ways": config.ways, "shots": config.shots,
         "iterations": config.iterations, "backend": config.backend or type(backend).__name__,
-        "seconds_per_iteration": train_seconds / max(timed_iterations, 1) if timed_iterations else None,
+        "seconds_per_iteration": train_seconds / timed_iterations if timed_iterations else None,
         "peak_memory_mb": peak, "memory_kind": "cuda max_memory_allocated" if device.type == "cuda"
         else "growth of process RSS during training", "best_val": best_val, "device": str(device),
     }
-    if resume and timed_iterations == 0:
-        summary["seconds_per_iteration"] = None
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
