@@ -28,9 +28,9 @@ class Conv4(nn.Module):
     The standard few-shot network (Vinyals et al. 2016; Finn et al. 2017) used by iMAML for
     Omniglot: 28x28 inputs become 64 x 1 x 1 features; 84x84 (mini-ImageNet) become 5x5.
 
-    Initialization as in the official iMAML code: ``xavier_uniform_(gain=1.73)`` weights and
-    ``U(0, 0.05)`` biases (conv weights about 3x larger than PyTorch's default). With it, iMAML's
-    CG met negative curvature in fewer tasks in our runs (docs/fewshot.md).
+    PyTorch's default initialization. The official iMAML code's (``xavier_uniform_(gain=1.73)``,
+    biases ``U(0, 0.05)``) trained both MAML and iMAML-GD more slowly in our short Omniglot
+    runs (docs/fewshot.md).
     """
 
     def __init__(self, ways: int, in_channels: int = 1, channels: int = 64, image_size: int = 28):
@@ -40,10 +40,6 @@ class Conv4(nn.Module):
         for _ in range(4):
             side //= 2
         self.head = nn.Linear(channels * side * side, ways)
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(module.weight, gain=1.73)
-                nn.init.uniform_(module.bias, 0.0, 0.05)
 
     def forward(self, x):
         return self.head(self.features(x).flatten(1))
