@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..hvp import HVP_MODES
 from .benchmarks import BENCHMARKS
 from .methods import BACKENDS, METHODS
 
@@ -37,6 +38,9 @@ class TrainConfig:
     meta_batch: int | None = None
     chunk_size: int | None = None
     vectorize: str = "auto"
+    # Reverse-over-reverse: 3x faster than forward-over-reverse for these nets on a CPU here
+    # (sinusoid, 25 tasks: 0.024 vs 0.065 s per iMAML-GD meta-gradient).
+    hvp_mode: str = "reverse-over-reverse"
     iterations: int | None = None
     val_every: int | None = None
     val_tasks: int = 100
@@ -49,7 +53,7 @@ class TrainConfig:
 
 _DEFAULTS = {
     # per benchmark, for the fields left unset
-    "sinusoid": dict(ways=1, shots=10, queries=10, inner_lr=0.02, meta_batch=25, iterations=1000, val_every=250,
+    "sinusoid": dict(ways=1, shots=10, queries=10, inner_lr=0.02, meta_batch=25, iterations=500, val_every=100,
                      hf_steps=2),
     "omniglot": dict(ways=5, shots=1, queries=5, inner_lr=0.1, meta_batch=32, iterations=20000, val_every=500,
                      hf_steps=5),
@@ -95,6 +99,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"--truncate-steps must be in [1, --inner-steps={c.inner_steps}], got {c.truncate_steps}")
     if c.chunk_size is not None:
         _positive_int("chunk_size", c.chunk_size)
+    if c.hvp_mode not in HVP_MODES:
+        raise ValueError(f"--hvp-mode must be one of {HVP_MODES}, got {c.hvp_mode!r}")
     if c.vectorize not in ("auto", "on", "off"):
         raise ValueError(f"--vectorize must be auto, on or off, got {c.vectorize!r}")
     if c.device not in ("auto", "cpu", "cuda") and not c.device.startswith("cuda:"):

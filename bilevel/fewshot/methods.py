@@ -52,7 +52,7 @@ BACKENDS = {
     "higher": lambda c: HigherUnrolled(),
     # Plain CG through negative curvature, as the iMAML reference code: stopping at the first
     # negative direction would zero a task's meta-gradient. Logged as cg_negative_curvature.
-    "implicit": lambda c: Implicit(CG(maxiter=c.cg_steps, negative_curvature="continue")),
+    "implicit": lambda c: Implicit(CG(maxiter=c.cg_steps, negative_curvature="continue"), hvp_mode=c.hvp_mode),
     "torchopt": lambda c: TorchoptImplicit(CG(maxiter=c.cg_steps, negative_curvature="continue")),
     "first-order": lambda c: FirstOrder(),
     "reptile": lambda c: Reptile(),
@@ -65,7 +65,7 @@ def build_method(config, task_loss):
     if method.inner_solver == "gd":
         solver = GradientDescent(lr=config.inner_lr, steps=config.inner_steps)
     else:
-        solver = NewtonCG(steps=config.hf_steps, cg_steps=config.hf_cg_steps)
+        solver = NewtonCG(steps=config.hf_steps, cg_steps=config.hf_cg_steps, hvp_mode=config.hvp_mode)
     if method.problem == "imaml":
         problem = imaml_problem(task_loss, config.lam, solver)
     else:
