@@ -10,7 +10,7 @@ from .adapters import (FirstOrder, HigherUnrolled, Implicit, Reptile, TorchoptIm
                        TruncatedUnrolled, Unrolled, implicit_hypergrad)
 from .errors import NonFiniteError, SolverError
 from .hvp import hvp, make_hvp
-from .hypergrad import HypergradBackend, Hypergradient, batched_hypergrad, hypergrad
+from .hypergrad import HypergradBackend, Hypergradient, batched_hypergrad, hypergrad, map_tasks
 from .inner_solvers import Adam, GradientDescent, InnerSolver, Momentum, run_inner
 from .linear_solve import (CG, Dense, LinearSolver, LinearSolveResult, Neumann, solve_cg,
                            solve_dense, solve_neumann)
@@ -32,7 +32,7 @@ __all__ = [
     # Hessian-vector products
     "hvp", "make_hvp",
     # hypergradients
-    "Hypergradient", "HypergradBackend", "hypergrad", "batched_hypergrad",
+    "Hypergradient", "HypergradBackend", "hypergrad", "batched_hypergrad", "map_tasks",
     "Unrolled", "TruncatedUnrolled", "HigherUnrolled", "Implicit", "implicit_hypergrad",
     "TorchoptImplicit", "FirstOrder", "Reptile",
     # errors

@@ -20,7 +20,7 @@ from .errors import NonFiniteError, SolverError
 from .problem import BilevelProblem
 from .tree import Params, tree_detach
 
-__all__ = ["Hypergradient", "HypergradBackend", "hypergrad", "batched_hypergrad"]
+__all__ = ["Hypergradient", "HypergradBackend", "hypergrad", "batched_hypergrad", "map_tasks"]
 
 
 class Hypergradient(NamedTuple):
@@ -136,22 +136,15 @@ def batched_hypergrad(problem: BilevelProblem, theta: Params, inner_batches: Any
                                    or chunk_size < 1):
         raise ValueError(f"batched_hypergrad: chunk_size must be a positive int or None, got {chunk_size!r}.")
     theta = tree_detach(theta)
-    num_tasks = _num_tasks(inner_batches, outer_batches, inner_solutions)
+    _num_tasks(inner_batches, outer_batches, inner_solutions)
     with_sol = inner_solutions is not None
 
-    def one_task(inner_batch, outer_batch, solution):
+    def one_task(inner_batch, outer_batch, solution=None):
         kwargs = {"inner_solution": solution} if with_sol else {}
         return backend.hypergrad(problem, theta, inner_batch, outer_batch, **kwargs)
 
-    if backend.vmappable and vectorize:
-        per_task = vmap(one_task, in_dims=(0, 0, 0 if with_sol else None),
-                        chunk_size=chunk_size, randomness="error")(inner_batches, outer_batches,
-                                                                   inner_solutions)
-    else:
-        results = [one_task(_index(inner_batches, i), _index(outer_batches, i),
-                            _index(inner_solutions, i) if with_sol else None)
-                   for i in range(num_tasks)]
-        per_task = Hypergradient(*(_stack([getattr(r, f) for r in results]) for f in Hypergradient._fields))
+    args = (inner_batches, outer_batches) + ((inner_solutions,) if with_sol else ())
+    per_task = map_tasks(one_task, *args, vectorize=backend.vmappable and vectorize, chunk_size=chunk_size)
     result = Hypergradient(
         loss=per_task.loss.mean(),
         grad={k: g.mean(0) for k, g in per_task.grad.items()},
@@ -159,6 +152,15 @@ def batched_hypergrad(problem: BilevelProblem, theta: Params, inner_batches: Any
         stats={**per_task.stats, "task_loss": per_task.loss},
     )
     return _check_result("batched_hypergrad", result, throw)
+
+
+def map_tasks(fn, *batches, vectorize: bool = True, chunk_size: int | None = None):
+    """``fn`` applied to each task (index 0 of every tensor in ``batches``), outputs stacked:
+    one ``vmap`` (``chunk_size`` tasks at a time), or a Python loop; the same numbers."""
+    if vectorize:
+        return vmap(fn, chunk_size=chunk_size, randomness="error")(*batches)
+    outs = [fn(*_index(batches, i)) for i in range(_num_tasks(*batches))]
+    return _stack(outs)
 
 
 def _leaves(tree):

@@ -21,15 +21,14 @@ import time
 from pathlib import Path
 
 import torch
-from torch.func import vmap
 from tqdm.auto import tqdm
 
-from ..hypergrad import batched_hypergrad
+from ..hypergrad import batched_hypergrad, map_tasks
 from .benchmarks import batch_to_tasks, make_benchmark
 from .config import TrainConfig, load_config, resolve, save_config
 from .methods import build_method
 
-__all__ = ["train", "evaluate", "evaluate_params", "setup", "mean_ci95", "map_tasks"]
+__all__ = ["train", "evaluate", "evaluate_params", "setup", "mean_ci95"]
 
 
 def _device(name: str) -> torch.device:
@@ -56,16 +55,6 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
     n = values.numel()
     std = float(values.std(unbiased=True)) if n > 1 else float("nan")
     return float(values.mean()), 1.96 * std / math.sqrt(n)
-
-
-def map_tasks(fn, *batches, vectorize: bool = True, chunk_size: int | None = None):
-    """``fn`` applied to each task (dim 0 of every tensor in ``batches``), results stacked:
-    one ``vmap``, or a Python loop (same numbers)."""
-    if vectorize:
-        return vmap(fn, chunk_size=chunk_size)(*batches)
-    num = torch.utils._pytree.tree_leaves(batches)[0].shape[0]
-    outs = [fn(*torch.utils._pytree.tree_map(lambda x: x[i], batches)) for i in range(num)]
-    return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outs)
 
 
 def evaluate_params(benchmark, model, problem, theta, sampler, num_tasks, meta_batch, device, chunk_size=None,
