@@ -58,7 +58,7 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
 
 
 def evaluate_params(benchmark, model, problem, theta, sampler, num_tasks, meta_batch, device, chunk_size=None,
-                    vectorize: bool = True):
+                    vectorize: bool = True, progress: bool = False):
     """Adapt ``theta`` to ``num_tasks`` tasks (the method's inner problem and solver on the
     support set) and score each on its query set; returns the per-task metric."""
     theta = {k: v.detach() for k, v in theta.items()}
@@ -67,13 +67,14 @@ def evaluate_params(benchmark, model, problem, theta, sampler, num_tasks, meta_b
         phi = problem.solve_inner(theta, support, detach=True)
         return benchmark.score(model, phi, query)
 
-    scores = []
-    done = 0
-    while done < num_tasks:
-        b = min(meta_batch, num_tasks - done)
-        support, query = batch_to_tasks(sampler.sample(b), device)
-        scores.append(map_tasks(one_task, support, query, vectorize=vectorize, chunk_size=chunk_size).detach().cpu())
-        done += b
+    scores, done = [], 0  # a disabled tqdm does not count, so count here
+    with tqdm(total=num_tasks, disable=not progress, dynamic_ncols=True, desc="evaluating", unit="task") as bar:
+        while done < num_tasks:
+            b = min(meta_batch, num_tasks - done)
+            support, query = batch_to_tasks(sampler.sample(b), device)
+            scores.append(map_tasks(one_task, support, query, vectorize=vectorize, chunk_size=chunk_size).detach().cpu())
+            done += b
+            bar.update(b)
     return torch.cat(scores)
 
 
@@ -229,7 +230,8 @@ def evaluate(run_dir: str | os.PathLike, *, tasks: int | None = None, split: str
     sampler = benchmark.sampler(split, config.seed)
     t0 = time.perf_counter()
     scores = evaluate_params(benchmark, model, problem, dict(model.named_parameters()), sampler, tasks,
-                             config.meta_batch, device, config.chunk_size, _vectorize(config.vectorize, device, benchmark))
+                             config.meta_batch, device, config.chunk_size, _vectorize(config.vectorize, device, benchmark),
+                             progress=progress)
     mean, ci = mean_ci95(scores)
     result = {"method": config.method, "benchmark": config.benchmark, "ways": config.ways, "shots": config.shots,
               "split": split, "tasks": tasks, "metric": benchmark.metric_name, "mean": mean, "ci95": ci,
