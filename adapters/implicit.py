@@ -21,26 +21,33 @@ from bilevel.hvp import check_hvp_mode, make_hvp
 from bilevel.hypergrad import HypergradBackend, Hypergradient
 from bilevel.linear_solve import CG, LinearSolver, as_linear_solver
 from bilevel.problem import Loss
-from bilevel.tree import Params, tree_sub
+from bilevel.tree import Params, tree_norm, tree_sub
 
 __all__ = ["Implicit", "implicit_hypergrad"]
 
 
 def implicit_hypergrad(inner_loss: Loss, outer_loss: Loss, theta: Params, phi: Params,
                        inner_batch: Any, outer_batch: Any, *, linear_solver: LinearSolver,
-                       hvp_mode: str = "forward-over-reverse") -> Hypergradient:
+                       hvp_mode: str = "forward-over-reverse", matvec: Any = None) -> Hypergradient:
     """The implicit hypergradient at a given inner solution ``phi`` (assumed stationary).
 
     Solves ``[d^2 L_in/dphi^2] w = dL_out/dphi`` with ``linear_solver`` over Hessian-vector
     products, then returns ``dL_out/dtheta - (d^2 L_in/dphi dtheta)^T w`` (one more vjp).
-    ``stats`` holds the linear solve's diagnostics.
+    ``stats`` holds the linear solve's diagnostics and ``inner_grad_norm``, the stationarity
+    ``||grad_phi L_in(phi, theta)||`` that the theorem assumes to be 0. ``matvec``, if given,
+    builds the operator in place of the inner Hessian: ``matvec(theta, phi, inner_batch) -> (v -> A v)``.
     """
     (g_phi, g_theta), loss = grad_and_value(outer_loss, argnums=(0, 1))(phi, theta, outer_batch)
-    matvec = make_hvp(lambda p: inner_loss(p, theta, inner_batch), phi, hvp_mode)
-    solve = linear_solver(matvec, g_phi)
-    _, mixed_vjp = vjp(lambda th: grad(inner_loss)(phi, th, inner_batch), theta)
+    if matvec is None:
+        operator = make_hvp(lambda p: inner_loss(p, theta, inner_batch), phi, hvp_mode)
+    else:
+        operator = matvec(theta, phi, inner_batch)
+    solve = linear_solver(operator, g_phi)
+    inner_grad, mixed_vjp = vjp(lambda th: grad(inner_loss)(phi, th, inner_batch), theta)
     (mixed,) = mixed_vjp(solve.solution)
-    return Hypergradient(loss.detach(), tree_sub(g_theta, mixed), phi, solve.diagnostics())
+    # The theorem assumes grad_phi L_in(phi) = 0: report how far the given phi is from it.
+    stats = {**solve.diagnostics(), "inner_grad_norm": tree_norm(inner_grad).detach()}
+    return Hypergradient(loss.detach(), tree_sub(g_theta, mixed), phi, stats)
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,9 @@ class Implicit(HypergradBackend):
             :class:`~bilevel.Dense`, a name (``"cg"``, ``"neumann"``, ``"dense"``), or any
             callable ``(matvec, b) -> LinearSolveResult``. iMAML uses ``CG(maxiter=5)``.
         hvp_mode: ``"forward-over-reverse"`` or ``"reverse-over-reverse"``.
+        matvec: ``None`` (the inner Hessian), or ``matvec(theta, phi, inner_batch) -> (v -> A v)``
+            building another symmetric operator in its place, e.g. a positive semi-definite
+            Gauss-Newton matrix from :func:`~bilevel.make_ggn` (plus iMAML's ``lam I``).
 
     The answer is exact when the inner problem is solved and the linear solve converged;
     ``stats`` reports the latter.
@@ -59,13 +69,18 @@ class Implicit(HypergradBackend):
 
     linear_solver: Any = field(default_factory=CG)
     hvp_mode: str = "forward-over-reverse"
+    matvec: Any = None
     accepts_inner_solution = True
 
     def __post_init__(self):
         object.__setattr__(self, "linear_solver", as_linear_solver("Implicit", self.linear_solver))
         check_hvp_mode("Implicit", self.hvp_mode)
+        if self.matvec is not None and not callable(self.matvec):
+            raise TypeError(f"Implicit: matvec must be None or callable as matvec(theta, phi, inner_batch) -> "
+                            f"(v -> A v), got {type(self.matvec).__name__}.")
 
     def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None):
         phi = problem.inner_solution("Implicit.hypergrad", theta, inner_batch, inner_solution)
         return implicit_hypergrad(problem.inner_loss, problem.outer_loss, theta, phi, inner_batch,
-                                  outer_batch, linear_solver=self.linear_solver, hvp_mode=self.hvp_mode)
+                                  outer_batch, linear_solver=self.linear_solver, hvp_mode=self.hvp_mode,
+                                  matvec=self.matvec)

@@ -1,12 +1,12 @@
 """Extreme eigenvalues of the support-loss Hessian of conv4 on 5-way 1-shot Omniglot tasks.
 
-For each initialization (PyTorch's default, and the official iMAML code's xavier gain 1.73),
-at theta and at the iMAML inner solution phi* (lam = 2, 16 GD steps of lr 0.1), estimates the
-largest and the most negative eigenvalue of H = hess L_train by shifted power iteration over
-Hessian-vector products. iMAML's CG solves with I + H/lam, positive definite only if
-lambda_min(H) > -lam.
+For each network (``--net``: strided, maxpool) and initialization (PyTorch's default, and the
+official iMAML code's xavier gain 1.73), at theta and at the iMAML inner solution phi*
+(``--lam``, 16 GD steps of lr 0.1), prints the support loss and estimates the largest and the
+most negative eigenvalue of H = hess L_train by shifted power iteration over Hessian-vector
+products. iMAML's CG solves with I + H/lam, positive definite only if lambda_min(H) > -lam.
 
-Run: python benchmarks/hessian_spectrum.py --data-root ../shared/data/omniglot
+Run: python benchmarks/hessian_spectrum.py --data-root ../shared/data/omniglot --net strided maxpool
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch import nn
 
 from bilevel import GradientDescent, hvp, imaml_problem
 from bilevel.fewshot import make_benchmark
@@ -46,26 +45,27 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--tasks", type=int, default=3)
+    parser.add_argument("--lam", type=float, default=2.0, help="lambda on the mean support loss (default: 2.0)")
+    parser.add_argument("--net", nargs="+", default=["strided", "maxpool"], choices=["strided", "maxpool"])
+    parser.add_argument("--init", nargs="+", default=["torch", "official"], choices=["torch", "official"])
     args = parser.parse_args()
-    bench = make_benchmark("omniglot", 5, 1, 5, args.data_root)
-    support, _ = batch_to_tasks(bench.sampler("train", 0).sample(args.tasks), "cpu")
-    print(f"{'init':<16} {'task':>4} {'point':>6} {'lambda_max':>11} {'lambda_min':>11}")
-    for init in ("pytorch-default", "imaml-xavier"):
-        torch.manual_seed(0)
-        model = bench.build_model()  # Conv4 applies the iMAML initialization
-        if init == "pytorch-default":
-            for m in model.modules():
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    m.reset_parameters()
-        loss = bench.task_loss(model)
-        theta = {k: v.detach() for k, v in model.named_parameters()}
-        problem = imaml_problem(loss, 2.0, GradientDescent(lr=0.1, steps=16))
-        for i in range(args.tasks):
-            s = (support[0][i], support[1][i])
-            f = lambda p: loss(p, s)
-            for point, x in (("theta", theta), ("phi*", problem.solve_inner(theta, s, detach=True))):
-                hi, lo = extremes(f, x)
-                print(f"{init:<16} {i:>4} {point:>6} {hi:>11.3f} {lo:>11.3f}")
+    print(f"{'net':<8} {'init':<9} {'task':>4} {'point':>6} {'L_train':>8} {'lambda_max':>11} {'lambda_min':>11}")
+    for net in args.net:
+        for init in args.init:
+            bench = make_benchmark("omniglot", 5, 1, 5, args.data_root, net=net, init=init)
+            support, _ = batch_to_tasks(bench.sampler("train", 0).sample(args.tasks), "cpu")
+            torch.manual_seed(0)
+            model = bench.build_model()
+            loss = bench.task_loss(model)
+            theta = {k: v.detach() for k, v in model.named_parameters()}
+            problem = imaml_problem(loss, args.lam, GradientDescent(lr=0.1, steps=16))
+            for i in range(args.tasks):
+                s = (support[0][i], support[1][i])
+                f = lambda p: loss(p, s)
+                for point, x in (("theta", theta), ("phi*", problem.solve_inner(theta, s, detach=True))):
+                    hi, lo = extremes(f, x)
+                    print(f"{net:<8} {init:<9} {i:>4} {point:>6} {float(f(x)):>8.3f} {hi:>11.3f} {lo:>11.3f}",
+                          flush=True)
 
 
 if __name__ == "__main__":

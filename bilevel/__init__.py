@@ -9,9 +9,9 @@ with any backend, chosen by one argument::
 from .adapters import (FirstOrder, HigherUnrolled, Implicit, Reptile, TorchoptImplicit,
                        TruncatedUnrolled, Unrolled, implicit_hypergrad)
 from .errors import NonFiniteError, SolverError
-from .hvp import hvp, make_hvp
+from .hvp import hvp, make_ggn, make_hvp
 from .hypergrad import HypergradBackend, Hypergradient, batched_hypergrad, hypergrad, map_tasks
-from .inner_solvers import Adam, GradientDescent, InnerSolver, Momentum, run_inner
+from .inner_solvers import Adam, GradientDescent, GradientDescentThenPull, InnerSolver, Momentum, run_inner
 from .linear_solve import (CG, Dense, LinearSolver, LinearSolveResult, Neumann, solve_cg,
                            solve_dense, solve_neumann)
 from .meta import imaml_problem, maml_problem, model_loss, proximal_penalty
@@ -25,12 +25,12 @@ __all__ = [
     # problems
     "BilevelProblem", "Params", "maml_problem", "imaml_problem", "model_loss", "proximal_penalty",
     # inner solvers
-    "InnerSolver", "GradientDescent", "Momentum", "Adam", "NewtonCG", "run_inner",
+    "InnerSolver", "GradientDescent", "GradientDescentThenPull", "Momentum", "Adam", "NewtonCG", "run_inner",
     # linear solvers
     "LinearSolver", "LinearSolveResult", "CG", "Neumann", "Dense", "solve_cg", "solve_neumann",
     "solve_dense",
     # Hessian-vector products
-    "hvp", "make_hvp",
+    "hvp", "make_hvp", "make_ggn",
     # hypergradients
     "Hypergradient", "HypergradBackend", "hypergrad", "batched_hypergrad", "map_tasks",
     "Unrolled", "TruncatedUnrolled", "HigherUnrolled", "Implicit", "implicit_hypergrad",

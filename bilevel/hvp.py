@@ -17,7 +17,7 @@ from torch.func import grad, jvp, vjp
 
 from .tree import Params
 
-__all__ = ["hvp", "HVP_MODES", "make_hvp", "check_hvp_mode"]
+__all__ = ["hvp", "HVP_MODES", "make_hvp", "make_ggn", "check_hvp_mode"]
 
 HVP_MODES = ("forward-over-reverse", "reverse-over-reverse")
 
@@ -73,3 +73,37 @@ def make_hvp(f: Callable[[Params], Tensor], x: Params,
         return forward_over_reverse
     _, vjp_fn = vjp(grad_f, x)
     return lambda v: vjp_fn(v)[0]
+
+
+def make_ggn(outputs: Callable[[Params], Tensor], output_loss: Callable[[Tensor], Tensor], x: Params,
+             ridge: float = 0.0) -> Callable[[Params], Params]:
+    """The generalized Gauss-Newton matvec ``v -> J^T H_out J v + ridge v`` at ``x``.
+
+    For ``f(x) = output_loss(outputs(x))``, ``J = d outputs / dx`` and ``H_out`` is the Hessian of
+    ``output_loss`` at ``outputs(x)``. It drops the second-order term of the network from the
+    Hessian: positive semi-definite whenever ``output_loss`` is convex (cross-entropy, squared
+    error), so CG on it never meets negative curvature.
+
+    Args:
+        outputs: parameters -> network outputs.
+        output_loss: outputs -> scalar loss (convex in the outputs for a PSD matrix).
+        x: the point.
+        ridge: added multiple of the identity (iMAML's ``lam``).
+
+    Example:
+        >>> import torch
+        >>> A = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
+        >>> ggn = make_ggn(lambda p: A @ p["w"], lambda o: 0.5 * (o ** 2).sum(), {"w": torch.zeros(2)})
+        >>> ggn({"w": torch.tensor([1.0, 0.0])})["w"]  # A^T A e_1
+        tensor([1., 2.])
+    """
+    out, vjp_fn = vjp(outputs, x)
+    grad_loss = grad(output_loss)
+
+    def matvec(v: Params) -> Params:
+        _, jv = jvp(outputs, (x,), (v,))
+        _, hjv = jvp(grad_loss, (out,), (jv,))
+        (result,) = vjp_fn(hjv)
+        return result if ridge == 0 else {k: result[k] + ridge * v[k] for k in result}
+
+    return matvec

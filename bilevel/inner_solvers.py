@@ -30,6 +30,7 @@ __all__ = [
     "GradientDescent",
     "Momentum",
     "Adam",
+    "GradientDescentThenPull",
     "run_inner",
     "check_steps",
 ]
@@ -101,6 +102,40 @@ class GradientDescent(InnerSolver):
 
     def torch_optimizer(self, params):
         return torch.optim.SGD(params, lr=self.lr)
+
+
+@dataclass(frozen=True)
+class GradientDescentThenPull(InnerSolver):
+    """``gd_steps`` of ``phi <- phi - lr grad f(phi)``, then one pull back towards the start:
+    ``phi <- phi - pull (phi - phi_0)``.
+
+    This is the official iMAML code's inner loop (``pull = lr * lam``, with ``f`` the support
+    loss alone, no proximal term): its output is not a stationary point of
+    ``f + (lam/2)||phi - phi_0||^2``. ``steps`` is ``gd_steps + 1``.
+    """
+
+    lr: float
+    gd_steps: int
+    pull: float
+
+    def __post_init__(self):
+        check_positive("GradientDescentThenPull", "lr", self.lr)
+        check_steps("GradientDescentThenPull(gd_steps)", self.gd_steps)
+        check_unit_interval("GradientDescentThenPull", "pull", self.pull)
+
+    @property
+    def steps(self) -> int:
+        return self.gd_steps + 1
+
+    def init(self, phi):
+        return (0, dict(phi))
+
+    def step(self, f, phi, state):
+        t, start = state
+        if t < self.gd_steps:
+            g, _ = grad_and_value(f)(phi)
+            return tree_axpy(-self.lr, g, phi), (t + 1, start)
+        return {k: phi[k] - self.pull * (phi[k] - start[k]) for k in phi}, (t + 1, start)
 
 
 @dataclass(frozen=True)

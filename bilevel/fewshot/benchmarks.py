@@ -33,10 +33,13 @@ class Benchmark:
     shots: int
     queries: int
     data_root: str | None = None
+    net: str | None = None  # Conv4 variant (models.NETS); None: the benchmark's default
+    init: str = "torch"  # models.INITS
     _splits: Any = None
 
     # --- what each benchmark defines
     metric_name: ClassVar[str] = "accuracy"
+    default_net: ClassVar[str | None] = None
     higher_is_better: ClassVar[bool] = True
     convolutional: ClassVar[bool] = True
 
@@ -61,6 +64,10 @@ class Benchmark:
             return self.criterion(functional_call(model, params, (x,)), y)
 
         return loss
+
+    def outputs(self, model: nn.Module):
+        """``(params, x) -> model(x; params)``: with :meth:`criterion`, the pieces of :meth:`task_loss`."""
+        return lambda params, x: functional_call(model, params, (x,))
 
     def score(self, model: nn.Module, params, batch) -> Tensor:
         """The metric of ``params`` (one task's parameters) on ``batch = (x, y)``, 0-d."""
@@ -97,8 +104,10 @@ class OmniglotBenchmark(Benchmark):
             self._splits = omniglot_splits(load_omniglot(self.data_root))
         return self._splits
 
+    default_net: ClassVar[str] = "strided"  # MAML's and the official iMAML code's Omniglot net
+
     def build_model(self):
-        return Conv4(self.ways, in_channels=1, image_size=28)
+        return Conv4(self.ways, in_channels=1, image_size=28, net=self.net or self.default_net, init=self.init)
 
     def sampler(self, split, seed):
         classes = getattr(self.splits(), split)
@@ -108,8 +117,11 @@ class OmniglotBenchmark(Benchmark):
 class MiniImageNetBenchmark(Benchmark):
     """mini-ImageNet N-way K-shot (user-supplied split files, see docs/data.md); 84x84 RGB."""
 
+    default_net: ClassVar[str] = "maxpool"  # MAML's 32-filter conv4
+
     def build_model(self):
-        return Conv4(self.ways, in_channels=3, channels=32, image_size=84)
+        return Conv4(self.ways, in_channels=3, channels=32, image_size=84, net=self.net or self.default_net,
+                     init=self.init)
 
     def sampler(self, split, seed):
         if self.data_root is None:
@@ -126,10 +138,11 @@ class MiniImageNetBenchmark(Benchmark):
 BENCHMARKS = {"sinusoid": SinusoidBenchmark, "omniglot": OmniglotBenchmark, "miniimagenet": MiniImageNetBenchmark}
 
 
-def make_benchmark(name: str, ways: int, shots: int, queries: int, data_root: str | None = None) -> Benchmark:
+def make_benchmark(name: str, ways: int, shots: int, queries: int, data_root: str | None = None,
+                   net: str | None = None, init: str = "torch") -> Benchmark:
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}.")
-    return BENCHMARKS[name](name, ways, shots, queries, data_root)
+    return BENCHMARKS[name](name, ways, shots, queries, data_root, net, init)
 
 
 def batch_to_tasks(batch, device, dtype=torch.float32):

@@ -1,8 +1,22 @@
 """The resolved configuration of a few-shot run: every setting explicit, saved as JSON.
 
-Unset fields (``None``) are filled by :func:`resolve` from the benchmark and the method, with
-the iMAML paper's defaults: lambda = 2.0, 5 CG steps, 16 inner steps for 5-way and 25 for
-20-way Omniglot, inner learning rate 0.1, Adam with learning rate 1e-3 and meta-batch 32.
+Unset fields (``None``) are filled by :func:`resolve` from the benchmark, the method and the
+protocol, with the iMAML paper's defaults: lambda = 2.0, 5 CG steps, 16 inner steps for 5-way
+and 25 for 20-way Omniglot, inner learning rate 0.1, Adam with learning rate 1e-3 and
+meta-batch 32.
+
+Two protocols for iMAML (docs/reproduction.md):
+
+* ``paper``: Algorithm 2 as written. The inner solver minimizes
+  ``L_train + (lam_effective/2)||phi - theta||^2``; CG solves ``((1 + cg_damping) I +
+  H/lam_effective) g = grad L_test``; test-time adaptation solves the same proximal problem.
+  ``lam_scale`` says which loss ``lam`` is stated for: ``mean`` (the support loss averaged
+  over its ``ways * shots`` examples, as computed) or ``sum`` (summed over them), so
+  ``lam_effective = lam`` or ``lam / (ways * shots)``.
+* ``official``: the released code (aravindr93/imaml_dev): ``inner_steps`` GD steps on
+  ``L_train`` alone, then one pull ``phi <- phi - inner_lr * lam (phi - theta)``; CG on
+  ``((1 + cg_damping) I + H/(lam + 10))`` with ``cg_damping = 1``; Adam eps 1e-3; ``shots``
+  query examples per class; xavier (gain 1.73) initialization; plain GD (lam = 0) at test.
 """
 
 from __future__ import annotations
@@ -14,27 +28,45 @@ from pathlib import Path
 
 from ..hvp import HVP_MODES
 from .benchmarks import BENCHMARKS
+from .models import INITS, NETS
 from .methods import BACKENDS, METHODS
 
-__all__ = ["TrainConfig", "resolve", "load_config", "save_config"]
+__all__ = ["TrainConfig", "resolve", "load_config", "save_config", "PROTOCOLS", "LAM_SCALES"]
+
+PROTOCOLS = ("paper", "official")
+LAM_SCALES = ("mean", "sum")
+DEFAULT_LAM_SCALE = "sum"  # lambda = 2 learns only in this reading: docs/reproduction.md
+_PROTOCOL_DEFAULTS = {
+    "paper": dict(cg_damping=0.0, outer_eps=1e-8, init="torch"),
+    "official": dict(cg_damping=1.0, outer_eps=1e-3, init="official", lam_scale="mean"),
+}
 
 
 @dataclass
 class TrainConfig:
     benchmark: str = "sinusoid"
     method: str = "imaml-gd"
+    protocol: str = "paper"
     ways: int | None = None
     shots: int | None = None
     queries: int | None = None
     backend: str | None = None
     inner_steps: int | None = None
     inner_lr: float | None = None
-    lam: float = 2.0
+    lam: float | None = None
+    lam_scale: str | None = None
+    lam_effective: float | None = None  # derived by resolve(): the lambda on the computed (mean) loss
     cg_steps: int = 5
+    cg_damping: float | None = None
+    cg_on_negative: str = "continue"
+    curvature: str = "hessian"
     hf_steps: int | None = None
     hf_cg_steps: int = 5
     truncate_steps: int | None = None
     outer_lr: float = 1e-3
+    outer_eps: float | None = None
+    net: str | None = None
+    init: str | None = None
     meta_batch: int | None = None
     chunk_size: int | None = None
     vectorize: str = "auto"
@@ -62,6 +94,13 @@ _DEFAULTS = {
 }
 
 
+# Per benchmark and method, chosen on validation tasks (never test): the sinusoid grid of
+# benchmarks/tune_sinusoid.py, whose log and choices are in docs/results/sinusoid-tuning/.
+_METHOD_DEFAULTS: dict[str, dict[str, dict]] = {
+    "sinusoid": {},
+}
+
+
 def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -76,10 +115,40 @@ def resolve(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"unknown --method {c.method!r}; choose one of {sorted(METHODS)}")
     if c.backend is not None and c.backend not in BACKENDS:
         raise ValueError(f"unknown --backend {c.backend!r}; choose one of {sorted(BACKENDS)}")
-    defaults = _DEFAULTS[c.benchmark]
-    for key, value in defaults.items():
+    if c.protocol not in PROTOCOLS:
+        raise ValueError(f"unknown --protocol {c.protocol!r}; choose one of {PROTOCOLS}")
+    if c.protocol == "official":
+        if c.method != "imaml-gd":
+            raise ValueError(f"--protocol official is the released iMAML-GD code; it does not apply to "
+                             f"--method {c.method} (use --protocol paper)")
+        if c.backend not in (None, "implicit"):
+            raise ValueError("--protocol official computes the implicit meta-gradient; leave --backend unset")
+        if c.lam_scale not in (None, "mean"):
+            raise ValueError("--protocol official uses lambda on the mean support loss, as the released code; "
+                             "leave --lam-scale unset")
+        if c.queries is None and c.benchmark != "sinusoid":
+            c.queries = c.shots if c.shots is not None else _DEFAULTS[c.benchmark]["shots"]
+    method_defaults = _METHOD_DEFAULTS.get(c.benchmark, {}).get(c.method, {}) if c.protocol == "paper" else {}
+    for key, value in {"lam": 2.0, **_DEFAULTS[c.benchmark], **method_defaults,
+                       **_PROTOCOL_DEFAULTS[c.protocol]}.items():
         if getattr(c, key) is None:
             setattr(c, key, value)
+    if c.lam_scale is None:
+        c.lam_scale = DEFAULT_LAM_SCALE
+    if c.lam_scale not in LAM_SCALES:
+        raise ValueError(f"--lam-scale must be one of {LAM_SCALES}, got {c.lam_scale!r}")
+    if c.net is None:
+        c.net = BENCHMARKS[c.benchmark].default_net
+    elif c.benchmark == "sinusoid":
+        raise ValueError("--net applies to the conv benchmarks (omniglot, miniimagenet); leave it unset")
+    elif c.net not in NETS:
+        raise ValueError(f"--net must be one of {NETS}, got {c.net!r}")
+    if c.init not in INITS:
+        raise ValueError(f"--init must be one of {INITS}, got {c.init!r}")
+    if c.curvature not in ("hessian", "gauss-newton"):
+        raise ValueError(f"--curvature must be hessian or gauss-newton, got {c.curvature!r}")
+    if c.cg_on_negative not in ("continue", "stop"):
+        raise ValueError(f"--cg-on-negative must be continue or stop, got {c.cg_on_negative!r}")
     if c.benchmark == "sinusoid" and c.ways != 1:
         raise ValueError("--ways does not apply to sinusoid regression (it has one output); leave it unset")
     if c.inner_steps is None:
@@ -91,10 +160,14 @@ def resolve(config: TrainConfig) -> TrainConfig:
         _positive_int(name, getattr(c, name))
     if c.benchmark != "sinusoid" and c.ways < 2:
         raise ValueError(f"--ways must be at least 2 for classification, got {c.ways}")
-    for name in ("inner_lr", "outer_lr", "lam"):
+    for name in ("inner_lr", "outer_lr", "lam", "outer_eps"):
         value = getattr(c, name)
         if not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value!r}")
+    if not isinstance(c.cg_damping, (int, float)) or not c.cg_damping >= 0:
+        raise ValueError(f"--cg-damping must be >= 0, got {c.cg_damping!r}")
+    support_size = c.ways * c.shots
+    c.lam_effective = c.lam / support_size if c.lam_scale == "sum" else float(c.lam)
     if c.truncate_steps is not None and not 1 <= c.truncate_steps <= c.inner_steps:
         raise ValueError(f"--truncate-steps must be in [1, --inner-steps={c.inner_steps}], got {c.truncate_steps}")
     if c.chunk_size is not None:

@@ -10,20 +10,34 @@
 
 Any backend can replace the method's own (``--backend``): e.g. ``imaml-gd`` with ``unrolled``
 backpropagates through the proximal inner loop.
+
+``imaml-gd`` under ``--protocol official`` is the released iMAML code, written exactly in
+the library's terms: its inner loop (GD on ``L_train``, then one pull towards ``theta``) is
+:class:`~bilevel.GradientDescentThenPull`, and its meta-gradient
+``((1 + d) I + H/lam_c)^-1 v`` (``lam_c = lam + 10``) is ``Implicit(CG(ridge=d lam_c))`` on the
+iMAML problem with ``lam = lam_c``: that solves ``(H + lam_c (1 + d) I) w = v`` and returns
+``lam_c w``, the same vector (and the same CG iterates, up to scale).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..adapters import (FirstOrder, HigherUnrolled, Implicit, Reptile, TorchoptImplicit, TruncatedUnrolled,
                         Unrolled)
-from ..inner_solvers import GradientDescent
+from ..inner_solvers import GradientDescent, GradientDescentThenPull
+from ..hvp import make_ggn
 from ..linear_solve import CG
+from ..problem import BilevelProblem
 from ..meta import imaml_problem, maml_problem
 from ..newton_cg import NewtonCG
 
-__all__ = ["METHODS", "BACKENDS", "Method", "build_method"]
+
+__all__ = ["METHODS", "BACKENDS", "Method", "MethodSetup", "build_method", "OFFICIAL_LAM_DAMPING"]
+
+OFFICIAL_LAM_DAMPING = 10.0  # the official iMAML code's CG divides H by lam + 10
 
 
 @dataclass(frozen=True)
@@ -46,29 +60,84 @@ METHODS = {
     ]
 }
 
+def _cg(c) -> CG:
+    """The meta-gradient's CG: ``cg_steps`` iterations on ``H + lam I`` plus the damping
+    ``cg_damping * lam`` (so ``((1 + d) I + H/lam)`` in iMAML's normalized form). Through
+    negative curvature by default, as the iMAML reference code (``--cg-on-negative stop`` ends at
+    the first negative direction); logged as ``negative_curvature``."""
+    lam = _implicit_lam(c)
+    return CG(maxiter=c.cg_steps, ridge=c.cg_damping * lam, negative_curvature=c.cg_on_negative)
+
+
+def _implicit_lam(c) -> float:
+    """The lambda of the problem that the implicit backend differentiates."""
+    return c.lam + OFFICIAL_LAM_DAMPING if c.protocol == "official" else c.lam_effective
+
+
 BACKENDS = {
     "unrolled": lambda c: Unrolled(),
     "truncated": lambda c: TruncatedUnrolled(c.truncate_steps or max(1, c.inner_steps // 2)),
     "higher": lambda c: HigherUnrolled(),
-    # Plain CG through negative curvature, as the iMAML reference code: stopping at the first
-    # negative direction would zero a task's meta-gradient. Logged as cg_negative_curvature.
-    "implicit": lambda c: Implicit(CG(maxiter=c.cg_steps, negative_curvature="continue"), hvp_mode=c.hvp_mode),
-    "torchopt": lambda c: TorchoptImplicit(CG(maxiter=c.cg_steps, negative_curvature="continue")),
+    "implicit": lambda c: Implicit(_cg(c), hvp_mode=c.hvp_mode),
+    "torchopt": lambda c: TorchoptImplicit(_cg(c)),
     "first-order": lambda c: FirstOrder(),
     "reptile": lambda c: Reptile(),
 }
 
 
-def build_method(config, task_loss):
-    """``(problem, backend)`` for a resolved :class:`~bilevel.fewshot.config.TrainConfig`."""
+class MethodSetup(NamedTuple):
+    """What the trainer needs for one method.
+
+    Attributes:
+        problem: the bilevel problem whose hypergradient ``backend`` computes.
+        backend: the hypergradient backend.
+        adapt: ``None``, or a problem whose inner solver gives the inner solutions passed to
+            ``backend`` (``inner_solution=``) instead of ``problem``'s own (official protocol).
+        eval_problem: the problem whose inner solver adapts to validation and test tasks.
+    """
+
+    problem: BilevelProblem
+    backend: object
+    adapt: BilevelProblem | None
+    eval_problem: BilevelProblem
+
+
+def _gauss_newton(outputs, criterion, lam: float):
+    """``Implicit(matvec=...)`` for ``J^T H_loss J + lam I`` (the proximal term's Hessian is exact)."""
+
+    def build(theta, phi, batch):
+        x, y = batch
+        return make_ggn(lambda p: outputs(p, x), lambda out: criterion(out, y), phi, ridge=lam)
+
+    return build
+
+
+def build_method(config, task_loss, outputs=None, criterion=None) -> MethodSetup:
+    """The :class:`MethodSetup` of a resolved :class:`~bilevel.fewshot.config.TrainConfig`.
+
+    ``outputs(params, x)`` and ``criterion(out, y)`` (with ``task_loss = criterion(outputs)``) are
+    needed only for ``curvature="gauss-newton"``.
+    """
     method = METHODS[config.method]
     if method.inner_solver == "gd":
         solver = GradientDescent(lr=config.inner_lr, steps=config.inner_steps)
     else:
         solver = NewtonCG(steps=config.hf_steps, cg_steps=config.hf_cg_steps, hvp_mode=config.hvp_mode)
+    backend = BACKENDS[config.backend or method.backend](config)
+    if config.curvature == "gauss-newton":
+        if not isinstance(backend, Implicit):
+            raise ValueError("--curvature gauss-newton applies to the implicit backend (imaml-gd, imaml-hf)")
+        if outputs is None or criterion is None:
+            raise ValueError("build_method: curvature='gauss-newton' needs outputs= and criterion=")
+        backend = dataclasses.replace(backend, matvec=_gauss_newton(outputs, criterion, _implicit_lam(config)))
+    if config.protocol == "official":
+        pull = GradientDescentThenPull(lr=config.inner_lr, gd_steps=config.inner_steps,
+                                       pull=config.inner_lr * config.lam)
+        problem = imaml_problem(task_loss, _implicit_lam(config), solver)
+        return MethodSetup(problem, backend, adapt=maml_problem(task_loss, pull),
+                           eval_problem=maml_problem(task_loss, solver))  # lam = 0 at test
     if method.problem == "imaml":
-        problem = imaml_problem(task_loss, config.lam, solver)
+        problem = imaml_problem(task_loss, config.lam_effective, solver)
     else:
         problem = maml_problem(task_loss, solver)
-    backend = BACKENDS[config.backend or method.backend](config)
-    return problem, backend
+    return MethodSetup(problem, backend, adapt=None, eval_problem=problem)

@@ -4,45 +4,97 @@ BatchNorm layers keep no running statistics (``track_running_stats=False``): the
 normalize with the statistics of the batch they see (the support set in the inner loop, the
 query set at prediction), as MAML and iMAML do. This also keeps the modules free of buffers,
 so ``functional_call`` under ``vmap`` needs nothing but the parameters.
+
+Two conv4 variants (``--net``):
+
+* ``strided`` (Omniglot default): MAML's Omniglot network (Finn et al. 2017, section 5.2,
+  "strided convolutions instead of max-pooling") as in the official iMAML code:
+  4 x [conv3x3 stride 2 padding 1, BatchNorm, ReLU], a zero pad on the right and bottom
+  before the third conv, so 28 -> 14 -> 7 -> 8 -> 4 -> 2, then ``Linear(64 * 2 * 2, ways)``.
+* ``maxpool`` (mini-ImageNet default, 32 filters there): 4 x [conv3x3 padding 1, BatchNorm,
+  ReLU, 2x2 max-pool] (Vinyals et al. 2016). On 28x28 Omniglot its last BatchNorm normalizes
+  1x1 maps over the support images alone (5 values per channel in 5-way 1-shot).
+
+Two initializations (``--init``): ``torch`` (PyTorch's default) and ``official`` (the official
+iMAML code's: ``xavier_uniform_(gain=1.73)`` weights, ``U(0, 0.05)`` biases, for every conv
+and the linear layer).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["Conv4", "SinusoidMLP"]
+__all__ = ["Conv4", "SinusoidMLP", "NETS", "INITS", "init_official"]
+
+NETS = ("strided", "maxpool")
+INITS = ("torch", "official")
 
 
-def _block(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1),
-        nn.BatchNorm2d(out_channels, track_running_stats=False),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-    )
+def _block(in_channels: int, out_channels: int, net: str) -> list[nn.Module]:
+    stride, pool = (2, []) if net == "strided" else (1, [nn.MaxPool2d(2)])
+    return [nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
+            nn.BatchNorm2d(out_channels, track_running_stats=False), nn.ReLU(), *pool]
+
+
+def _side_after(net: str, image_size: int) -> int:
+    side = image_size
+    for i in range(4):
+        if net == "strided" and i == 2:
+            side += 1  # the zero pad before the third conv
+        side = (side + 1) // 2 if net == "strided" else side // 2
+    return side
 
 
 class Conv4(nn.Module):
-    """4 x [conv3x3 (``channels`` filters), BatchNorm, ReLU, 2x2 max-pool], then linear.
+    """Four conv blocks (``net="strided"`` or ``"maxpool"``, see the module docstring), then linear.
 
-    The standard few-shot network (Vinyals et al. 2016; Finn et al. 2017) used by iMAML for
-    Omniglot: 28x28 inputs become 64 x 1 x 1 features; 84x84 (mini-ImageNet) become 5x5.
+    Args:
+        ways: output classes.
+        in_channels: 1 (Omniglot) or 3 (mini-ImageNet).
+        channels: filters per conv (64 for Omniglot, 32 for mini-ImageNet in MAML).
+        image_size: input side (28 or 84).
+        net: ``"strided"`` or ``"maxpool"``.
+        init: ``"torch"`` or ``"official"``.
 
-    PyTorch's default initialization. The official iMAML code's (``xavier_uniform_(gain=1.73)``,
-    biases ``U(0, 0.05)``) trained both MAML and iMAML-GD more slowly in our short Omniglot
-    runs (docs/fewshot.md).
+    Example:
+        >>> import torch
+        >>> Conv4(5, net="strided")(torch.zeros(5, 1, 28, 28)).shape
+        torch.Size([5, 5])
     """
 
-    def __init__(self, ways: int, in_channels: int = 1, channels: int = 64, image_size: int = 28):
+    def __init__(self, ways: int, in_channels: int = 1, channels: int = 64, image_size: int = 28,
+                 net: str = "strided", init: str = "torch"):
         super().__init__()
-        self.features = nn.Sequential(*[_block(in_channels if i == 0 else channels, channels) for i in range(4)])
-        side = image_size
-        for _ in range(4):
-            side //= 2
+        if net not in NETS:
+            raise ValueError(f"Conv4: net must be one of {NETS}, got {net!r}")
+        if init not in INITS:
+            raise ValueError(f"Conv4: init must be one of {INITS}, got {init!r}")
+        layers = []
+        for i in range(4):
+            if net == "strided" and i == 2:
+                layers.append(nn.ZeroPad2d((0, 1, 0, 1)))
+            layers += _block(in_channels if i == 0 else channels, channels, net)
+        self.features = nn.Sequential(*layers)
+        side = _side_after(net, image_size)
+        if side < 1:
+            raise ValueError(f"Conv4: image_size {image_size} is too small for four {net} blocks")
         self.head = nn.Linear(channels * side * side, ways)
+        if init == "official":
+            init_official(self)
 
     def forward(self, x):
         return self.head(self.features(x).flatten(1))
+
+
+def init_official(module: nn.Module) -> nn.Module:
+    """The official iMAML code's initialization: xavier-uniform (gain 1.73) weights and
+    ``U(0, 0.05)`` biases for every conv and linear layer; BatchNorm keeps (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight, gain=1.73)
+            if m.bias is not None:
+                nn.init.uniform_(m.bias, 0.0, 0.05)
+    return module
 
 
 class SinusoidMLP(nn.Module):

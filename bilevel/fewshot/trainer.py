@@ -40,13 +40,15 @@ def _device(name: str) -> torch.device:
 
 
 def setup(config: TrainConfig):
-    """Build ``(benchmark, model, problem, backend, device)`` for a resolved config."""
+    """Build ``(benchmark, model, method, device)`` for a resolved config (``method`` is a
+    :class:`~bilevel.fewshot.methods.MethodSetup`)."""
     torch.manual_seed(config.seed)  # the network's initialization
-    benchmark = make_benchmark(config.benchmark, config.ways, config.shots, config.queries, config.data_root)
+    benchmark = make_benchmark(config.benchmark, config.ways, config.shots, config.queries, config.data_root,
+                               net=config.net, init=config.init)
     device = _device(config.device)
     model = benchmark.build_model().to(device)
-    problem, backend = build_method(config, benchmark.task_loss(model))
-    return benchmark, model, problem, backend, device
+    method = build_method(config, benchmark.task_loss(model), benchmark.outputs(model), benchmark.criterion)
+    return benchmark, model, method, device
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
@@ -101,6 +103,19 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _stats_record(stats: dict) -> dict:
+    """The backend's per-task diagnostics for the log, whatever their keys: the mean of each
+    (a fraction for flags), and the per-task list of the inner stationarity ``||grad G(phi)||``."""
+    record = {}
+    for key, value in stats.items():
+        if key == "task_loss":
+            continue
+        record[f"stats_{key}"] = float(value.double().mean())
+        if key == "inner_grad_norm":
+            record["inner_grad_norm_per_task"] = [round(float(v), 6) for v in value.flatten()]
+    return record
+
+
 def _truncate_log(path: Path, iteration: int) -> None:
     """Keep only the records of iterations up to ``iteration`` (those the checkpoint covers)."""
     if not path.exists():
@@ -127,8 +142,9 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.json")
 
-    benchmark, model, problem, backend, device = setup(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr)
+    benchmark, model, method, device = setup(config)
+    problem, backend = method.problem, method.backend
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr, eps=config.outer_eps)
     sampler = benchmark.sampler("train", config.seed)
     log_path = run_dir / "metrics.jsonl"
     start, best_val, train_seconds, timed_iterations = 0, None, 0.0, 0
@@ -150,7 +166,7 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
 
     def validate():
         val_sampler = benchmark.sampler("val", config.seed)  # the same val tasks every time
-        scores = evaluate_params(benchmark, model, problem, dict(model.named_parameters()), val_sampler,
+        scores = evaluate_params(benchmark, model, method.eval_problem, dict(model.named_parameters()), val_sampler,
                                  config.val_tasks, config.meta_batch, device, config.chunk_size, vectorize)
         return mean_ci95(scores)
 
@@ -166,7 +182,12 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
         for iteration in range(start + 1, config.iterations + 1):
             t0 = time.perf_counter()
             support, query = batch_to_tasks(sampler.sample(config.meta_batch), device)
-            result = batched_hypergrad(problem, params, support, query, backend=backend,
+            inner_solutions = None
+            if method.adapt is not None:  # the inner solutions come from another solver (official protocol)
+                theta = {k: v.detach() for k, v in params.items()}
+                inner_solutions = map_tasks(lambda s: method.adapt.solve_inner(theta, s, detach=True), support,
+                                            vectorize=vectorize, chunk_size=config.chunk_size)
+            result = batched_hypergrad(problem, params, support, query, backend=backend, inner_solutions=inner_solutions,
                                        chunk_size=config.chunk_size, vectorize=vectorize)
             optimizer.zero_grad(set_to_none=True)
             for name, p in params.items():
@@ -184,10 +205,7 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
             record = {"iteration": iteration, "split": "train", "loss": float(result.loss),
                       metric: float(scores.mean()), "seconds": seconds,
                       "tasks_per_second": config.meta_batch / seconds}
-            if "converged" in result.stats:
-                record["cg_converged_fraction"] = float(result.stats["converged"].float().mean())
-                record["cg_residual_norm"] = float(result.stats["residual_norm"].mean())
-                record["cg_negative_curvature_fraction"] = float(result.stats["negative_curvature"].float().mean())
+            record.update(_stats_record(result.stats))
             log.write(json.dumps(record) + "\n")
             bar.update(1)
             bar.set_postfix({"loss": f"{record['loss']:.3f}", metric: f"{record[metric]:.3f}",
@@ -224,12 +242,12 @@ def evaluate(run_dir: str | os.PathLike, *, tasks: int | None = None, split: str
     tasks = tasks or config.eval_tasks
     if tasks < 2:
         raise ValueError(f"--tasks must be at least 2 for a confidence interval, got {tasks}")
-    benchmark, model, problem, _, device = setup(config)
+    benchmark, model, method, device = setup(config)
     state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
     model.load_state_dict(state["model"])
     sampler = benchmark.sampler(split, config.seed)
     t0 = time.perf_counter()
-    scores = evaluate_params(benchmark, model, problem, dict(model.named_parameters()), sampler, tasks,
+    scores = evaluate_params(benchmark, model, method.eval_problem, dict(model.named_parameters()), sampler, tasks,
                              config.meta_batch, device, config.chunk_size, _vectorize(config.vectorize, device, benchmark),
                              progress=progress)
     mean, ci = mean_ci95(scores)
