@@ -17,6 +17,7 @@ import itertools
 import json
 from pathlib import Path
 
+from bilevel import NonFiniteError
 from bilevel.fewshot import TrainConfig, train
 
 GRID = {
@@ -50,9 +51,14 @@ def main():
             if (run_dir / "summary.json").exists():  # finished earlier: reuse it
                 summary = json.loads((run_dir / "summary.json").read_text())
             else:
-                summary = train(TrainConfig(benchmark="sinusoid", method=method.removesuffix("-ggn"), lam_scale="mean",
-                                            iterations=args.iterations, val_every=args.iterations, **point),
-                                run_dir, progress=False)
+                try:
+                    summary = train(TrainConfig(benchmark="sinusoid", method=method.removesuffix("-ggn"),
+                                                lam_scale="mean", iterations=args.iterations,
+                                                val_every=args.iterations, **point), run_dir, progress=False)
+                except NonFiniteError as exc:  # the inner loop diverged: this point is out
+                    runs.append({**point, "val_mse": float("inf"), "diverged": str(exc)})
+                    print(method, runs[-1], flush=True)
+                    continue
             records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             train_records = [r for r in records if r["split"] == "train"][-100:]
             stationarity = [r["stats_inner_grad_norm"] for r in train_records if "stats_inner_grad_norm" in r]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,15 +19,15 @@ from pathlib import Path
 __all__ = ["compare", "run_one", "run_many", "format_table", "plot_learning_curves", "write_outputs"]
 
 
-def _run(args: list[str], quiet: bool = False) -> None:
+def _run(args: list[str], quiet: bool = False, env: dict | None = None) -> None:
     cmd = [sys.executable, "-m", "bilevel", *args]
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else None)
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else None, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd[2:])}` failed with exit code {proc.returncode}")
 
 
 def run_one(name: str, run_dir: Path, train_args: list[str], eval_tasks: int | None = None,
-            resume: bool = False, quiet: bool = False) -> dict:
+            resume: bool = False, quiet: bool = False, env: dict | None = None) -> dict:
     """Train (``train_args`` name the method) and evaluate one run in ``run_dir``; its table row.
 
     With ``resume``, a run that finished training (``summary.json`` at the asked number of
@@ -42,14 +43,14 @@ def run_one(name: str, run_dir: Path, train_args: list[str], eval_tasks: int | N
     elif resume and (run_dir / "checkpoint.pt").exists():
         iterations = _asked_iterations(train_args)
         _run(["train", "--resume", str(run_dir), *quiet_flag]
-             + (["--iterations", str(iterations)] if iterations else []), quiet)
+             + (["--iterations", str(iterations)] if iterations else []), quiet, env)
     else:
-        _run(["train", "--out", str(run_dir), *train_args, *quiet_flag], quiet)
+        _run(["train", "--out", str(run_dir), *train_args, *quiet_flag], quiet, env)
     summary = json.loads(summary_path.read_text())
     evaluation_path = run_dir / "evaluation-test.json"
     stale = not evaluation_path.exists() or json.loads(evaluation_path.read_text())["iteration"] != summary["iterations"]
     if not resume or stale or (eval_tasks and json.loads(evaluation_path.read_text())["tasks"] != eval_tasks):
-        _run(["evaluate", str(run_dir), "--quiet"] + (["--tasks", str(eval_tasks)] if eval_tasks else []), quiet)
+        _run(["evaluate", str(run_dir), "--quiet"] + (["--tasks", str(eval_tasks)] if eval_tasks else []), quiet, env)
     evaluation = json.loads(evaluation_path.read_text())
     return {**summary, "method": name, **{k: evaluation[k] for k in ("metric", "mean", "ci95", "tasks")},
             "run_dir": str(run_dir), "inner_grad_norm": _late_mean(run_dir, "stats_inner_grad_norm")}
@@ -69,11 +70,17 @@ def _asked_iterations(train_args: list[str]) -> int | None:
 def run_many(runs: list[tuple[str, Path, list[str]]], eval_tasks: int | None = None, resume: bool = False,
              jobs: int = 1, quiet: bool = False) -> list[dict]:
     """:func:`run_one` for each ``(name, run_dir, train_args)``, ``jobs`` processes at a time
-    (more than one pays on a GPU or a many-core CPU; each process should then use one thread)."""
+    (more than one pays on a GPU or a many-core CPU). With several, each child gets
+    ``OMP_NUM_THREADS = cores // jobs`` unless the variable is set."""
     if jobs < 1:
         raise ValueError(f"--jobs must be a positive integer, got {jobs}")
+    env = None
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # Several multi-threaded torch processes on the same cores slow each other down many times over.
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_one, name, run_dir, args, eval_tasks, resume, quiet) for name, run_dir, args in runs]
+        futures = [pool.submit(run_one, name, run_dir, args, eval_tasks, resume, quiet, env)
+                   for name, run_dir, args in runs]
         return [f.result() for f in futures]
 
 

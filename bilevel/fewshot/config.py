@@ -97,7 +97,13 @@ _DEFAULTS = {
 # Per benchmark and method, chosen on validation tasks (never test): the sinusoid grid of
 # benchmarks/tune_sinusoid.py, whose log and choices are in docs/results/sinusoid-tuning/.
 _METHOD_DEFAULTS: dict[str, dict[str, dict]] = {
-    "sinusoid": {},
+    "sinusoid": {
+        "maml": dict(inner_lr=0.02, inner_steps=5),
+        "fomaml": dict(inner_lr=0.02, inner_steps=5),
+        "reptile": dict(inner_lr=0.02, inner_steps=5),
+        "imaml-gd": dict(lam=10.0, lam_scale="mean", inner_lr=0.02, inner_steps=25),
+        "imaml-hf": dict(lam=10.0, lam_scale="mean", hf_steps=5),
+    },
 }
 
 

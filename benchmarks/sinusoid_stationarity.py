@@ -1,0 +1,62 @@
+"""How well do affordable inner solvers solve iMAML's proximal problem on sinusoid regression?
+
+For 4 validation tasks, prints ``||grad G||`` at ``phi_0 = theta`` and after each solver, with
+``G(phi) = L_train(phi) + (lam/2)||phi - theta||^2`` on the mean squared error of 10 support
+points. ``theta`` is the meta-learned MLP of a run (``--checkpoint``, e.g. a MAML run of the
+main job), else the random initialization. The implicit meta-gradient assumes
+``grad G(phi) = 0``.
+
+Run: python benchmarks/sinusoid_stationarity.py --checkpoint runs/compare-sinusoid/maml/checkpoint.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.func import grad
+
+from bilevel import Adam, GradientDescent, Momentum, NewtonCG, imaml_problem
+from bilevel.fewshot import SinusoidMLP, make_benchmark
+from bilevel.fewshot.benchmarks import batch_to_tasks
+from bilevel.tree import tree_norm
+
+SOLVERS = {
+    "GD lr 0.02 x 25": GradientDescent(0.02, 25),
+    "GD lr 0.005 x 100": GradientDescent(0.005, 100),
+    "GD lr 0.002 x 200": GradientDescent(0.002, 200),
+    "momentum 0.9, lr 0.002 x 100": Momentum(0.002, 100, 0.9),
+    "Adam lr 0.01 x 50": Adam(0.01, 50),
+    "Newton-CG 5 x 5 CG": NewtonCG(5, 5, hvp_mode="reverse-over-reverse"),
+    "Newton-CG 10 x 10 CG": NewtonCG(10, 10, hvp_mode="reverse-over-reverse"),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="a run's checkpoint.pt whose model is theta")
+    parser.add_argument("--lam", type=float, nargs="+", default=[0.5, 2.0, 10.0])
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    bench = make_benchmark("sinusoid", 1, 10, 10)
+    model = SinusoidMLP()
+    if args.checkpoint:
+        model.load_state_dict(torch.load(args.checkpoint, weights_only=False)["model"])
+    loss = bench.task_loss(model)
+    theta = {k: v.detach() for k, v in model.named_parameters()}
+    support, _ = batch_to_tasks(bench.sampler("val", 0).sample(4), "cpu")
+    print("lambda (mean loss) | solver | ||grad G(theta)|| -> ||grad G(phi)|| for 4 tasks")
+    for lam in args.lam:
+        for name, solver in SOLVERS.items():
+            problem = imaml_problem(loss, lam, solver)
+            cells = []
+            for i in range(4):
+                s = (support[0][i], support[1][i])
+                G = problem.objective(theta, s)
+                phi = problem.solve_inner(theta, s, detach=True)
+                cells.append(f"{float(tree_norm(grad(G)(theta))):.2f} -> {float(tree_norm(grad(G)(phi))):.3f}")
+            print(f"{lam:g} | {name} | " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
