@@ -102,7 +102,7 @@ _METHOD_DEFAULTS: dict[str, dict[str, dict]] = {
         "fomaml": dict(inner_lr=0.02, inner_steps=5),
         "reptile": dict(inner_lr=0.02, inner_steps=5),
         "imaml-gd": dict(lam=10.0, lam_scale="mean", inner_lr=0.02, inner_steps=25),
-        "imaml-hf": dict(lam=10.0, lam_scale="mean", hf_steps=5),
+        "imaml-hf": dict(lam=10.0, lam_scale="mean", hf_steps=2),
     },
 }
 
