@@ -121,3 +121,14 @@ def test_official_initialization():
     weight, bias = conv.weight.detach(), conv.bias.detach()
     assert float(weight.abs().max()) <= bound and float(weight.abs().max()) > 0.9 * bound
     assert 0 <= float(bias.min()) and float(bias.max()) <= 0.05
+
+
+def test_config_json_states_the_differences_from_the_paper(tmp_path):
+    from bilevel.fewshot.config import save_config, load_config
+
+    config = resolve(TrainConfig(benchmark="omniglot", method="imaml-gd", meta_batch=8, iterations=1000))
+    save_config(config, tmp_path / "config.json")
+    notes = json.loads((tmp_path / "config.json").read_text())["differences_from_paper"]
+    assert any("summed support loss" in n for n in notes) and any("queries: 5 per class" in n for n in notes)
+    assert any("budget: 1000 x 8" in n for n in notes)
+    assert load_config(tmp_path / "config.json") == config  # the notes are not read back
