@@ -6,6 +6,12 @@ points. ``theta`` is the meta-learned MLP of a run (``--checkpoint``, e.g. a MAM
 main job), else the random initialization. The implicit meta-gradient assumes
 ``grad G(phi) = 0``.
 
+``--long`` adds why no solver gets far: 4000 GD steps of lr 0.005 (lambda 2), printing
+``||grad G||`` and ``G`` along the way and, at the end, the first-layer pre-activation
+closest to zero over the support points. A minimizer where a ReLU sits at its kink on a
+support point is a point where ``G`` is not differentiable: ``G`` stops decreasing while
+``||grad G||`` stays large, and the implicit function theorem does not apply there.
+
 Run: python benchmarks/sinusoid_stationarity.py --checkpoint runs/compare-sinusoid/maml/checkpoint.pt
 """
 
@@ -36,6 +42,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a run's checkpoint.pt whose model is theta")
     parser.add_argument("--lam", type=float, nargs="+", default=[0.5, 2.0, 10.0])
+    parser.add_argument("--long", action="store_true", help="also run 4000 GD steps and report ReLU kinks")
     args = parser.parse_args()
     torch.manual_seed(0)
     bench = make_benchmark("sinusoid", 1, 10, 10)
@@ -56,6 +63,23 @@ def main():
                 phi = problem.solve_inner(theta, s, detach=True)
                 cells.append(f"{float(tree_norm(grad(G)(theta))):.2f} -> {float(tree_norm(grad(G)(phi))):.3f}")
             print(f"{lam:g} | {name} | " + " | ".join(cells), flush=True)
+    if args.long:
+        long_gd(loss, theta, support)
+
+
+def long_gd(loss, theta, support, lam=2.0, lr=0.005, checkpoints=(25, 100, 400, 1000, 2000, 4000)):
+    print(f"\nlambda {lam:g}, GD lr {lr:g}: step:||grad G||/G ... | min over support points of |first-layer pre-activation|")
+    for i in range(4):
+        s = (support[0][i], support[1][i])
+        G = imaml_problem(loss, lam, GradientDescent(lr, 1)).objective(theta, s)
+        phi, cells = dict(theta), []
+        for t in range(1, checkpoints[-1] + 1):
+            g = grad(G)(phi)
+            phi = {k: phi[k] - lr * g[k] for k in phi}
+            if t in checkpoints:
+                cells.append(f"{t}:{float(tree_norm(grad(G)(phi))):.2f}/{float(G(phi)):.5f}")
+        pre = s[0] @ phi["net.0.weight"].T + phi["net.0.bias"]
+        print(f"task {i}: " + " ".join(cells) + f" | {float(pre.abs().min()):.1e}", flush=True)
 
 
 if __name__ == "__main__":
