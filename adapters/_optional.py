@@ -5,10 +5,10 @@ from __future__ import annotations
 import importlib
 
 
-def require(module: str, package: str, backend: str):
-    """Import ``module`` or raise ``ImportError`` naming ``pip install package``."""
+def require(module: str, extra: str, backend: str):
+    """Import ``module`` or raise ``ImportError`` naming ``pip install bilevel[extra]``."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"{backend} needs the '{package}' library, which is not installed: "
-                          f"run `pip install {package}` (or `pip install bilevel`).") from exc
+        raise ImportError(f"{backend} needs the '{module}' library, which is not installed: "
+                          f"run `pip install 'bilevel[{extra}]'` (or `pip install {module}`).") from exc

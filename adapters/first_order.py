@@ -28,8 +28,6 @@ class FirstOrder(HypergradBackend):
     plus any direct dependence of ``L_out`` on ``theta``. Biased unless ``lam -> inf``.
     """
 
-    accepts_inner_solution = True
-
     def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None):
         phi = problem.inner_solution("FirstOrder.hypergrad", theta, inner_batch, inner_solution)
         map_onto_theta("FirstOrder.hypergrad", theta, phi)

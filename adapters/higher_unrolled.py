@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bilevel.hypergrad import HypergradBackend, Hypergradient
+from bilevel.hypergrad import AutogradAdapter, reject_inner_solution
 
 from ._optional import require
 
@@ -29,7 +29,7 @@ class _ParameterHolder(nn.Module):
 
 
 @dataclass(frozen=True)
-class HigherUnrolled(HypergradBackend):
+class HigherUnrolled(AutogradAdapter):
     """Same math as :class:`Unrolled`, computed by ``higher``'s differentiable optimizers.
 
     The inner variables live in a small module patched by ``higher.innerloop_ctx``; its
@@ -40,13 +40,12 @@ class HigherUnrolled(HypergradBackend):
     a time.
     """
 
-    vmappable = False
-
-    def hypergrad(self, problem, theta, inner_batch, outer_batch):
+    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None):
+        reject_inner_solution(self, inner_solution)
         higher = require("higher", "higher", "HigherUnrolled")
         solver = problem.require_solver("HigherUnrolled.hypergrad")
         with torch.enable_grad():
-            th = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
+            th = self.leaf_theta(theta)
             phi0 = problem.init_inner(th)
             start = [p if p.requires_grad else p.detach().requires_grad_(True) for p in phi0.values()]
             holder = _ParameterHolder(phi0)
@@ -57,7 +56,4 @@ class HigherUnrolled(HypergradBackend):
                 for _ in range(solver.steps):
                     diffopt.step(problem.inner_loss(fmodel(), th, inner_batch))
                 phi = fmodel()
-                out = problem.outer_loss(phi, th, outer_batch)
-                grads = torch.autograd.grad(out, list(th.values()), allow_unused=True)
-        g = {k: torch.zeros_like(v) if gk is None else gk for (k, v), gk in zip(th.items(), grads)}
-        return Hypergradient(out.detach(), g, {k: p.detach() for k, p in phi.items()}, {})
+                return self.result(problem.outer_loss(phi, th, outer_batch), th, phi)

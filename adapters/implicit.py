@@ -19,7 +19,7 @@ from torch.func import grad, grad_and_value, vjp
 
 from bilevel.hvp import check_hvp_mode, make_hvp
 from bilevel.hypergrad import HypergradBackend, Hypergradient
-from bilevel.linear_solve import CG, LinearSolver, as_linear_solver
+from bilevel.linear_solve import CG, LinearSolver, check_linear_solver
 from bilevel.problem import Loss
 from bilevel.tree import Params, tree_norm, tree_sub
 
@@ -55,9 +55,9 @@ class Implicit(HypergradBackend):
     """Implicit-function-theorem hypergradient at the inner solver's output.
 
     Args:
-        linear_solver: :class:`~bilevel.CG` (default: run to ``tol``), :class:`~bilevel.Neumann`,
-            :class:`~bilevel.Dense`, a name (``"cg"``, ``"neumann"``, ``"dense"``), or any
-            callable ``(matvec, b) -> LinearSolveResult``. iMAML uses ``CG(maxiter=5)``.
+        linear_solver: a :class:`~bilevel.LinearSolver`: :class:`~bilevel.CG` (default: run to
+            ``tol``), :class:`~bilevel.Neumann`, :class:`~bilevel.Dense`, or your own subclass.
+            iMAML uses ``CG(maxiter=5)``.
         hvp_mode: ``"forward-over-reverse"`` or ``"reverse-over-reverse"``.
         matvec: ``None`` (the inner Hessian), or ``matvec(theta, phi, inner_batch) -> (v -> A v)``
             building another symmetric operator in its place, e.g. a positive semi-definite
@@ -70,10 +70,9 @@ class Implicit(HypergradBackend):
     linear_solver: Any = field(default_factory=CG)
     hvp_mode: str = "forward-over-reverse"
     matvec: Any = None
-    accepts_inner_solution = True
 
     def __post_init__(self):
-        object.__setattr__(self, "linear_solver", as_linear_solver("Implicit", self.linear_solver))
+        check_linear_solver("Implicit", self.linear_solver)
         check_hvp_mode("Implicit", self.hvp_mode)
         if self.matvec is not None and not callable(self.matvec):
             raise TypeError(f"Implicit: matvec must be None or callable as matvec(theta, phi, inner_batch) -> "

@@ -20,8 +20,6 @@ class Reptile(HypergradBackend):
     get a zero update.
     """
 
-    accepts_inner_solution = True
-
     def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None):
         phi = problem.inner_solution("Reptile.hypergrad", theta, inner_batch, inner_solution)
         map_onto_theta("Reptile.hypergrad", theta, phi)

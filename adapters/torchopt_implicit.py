@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from bilevel.hypergrad import HypergradBackend, Hypergradient
+from bilevel.hypergrad import AutogradAdapter
 from bilevel.linear_solve import CG, Neumann
 
 from ._optional import require
@@ -18,7 +18,7 @@ __all__ = ["TorchoptImplicit"]
 
 
 @dataclass(frozen=True)
-class TorchoptImplicit(HypergradBackend):
+class TorchoptImplicit(AutogradAdapter):
     """``torchopt.diff.implicit.custom_root`` on the optimality condition ``grad_phi L_in = 0``.
 
     Args:
@@ -30,8 +30,6 @@ class TorchoptImplicit(HypergradBackend):
     """
 
     linear_solver: Any = field(default_factory=CG)
-    vmappable = False
-    accepts_inner_solution = True
 
     def __post_init__(self):
         if not isinstance(self.linear_solver, (CG, Neumann)):
@@ -67,10 +65,7 @@ class TorchoptImplicit(HypergradBackend):
         with torch.enable_grad(), warnings.catch_warnings():
             # TorchOpt 0.7 calls the deprecated functorch.vjp; the warning is theirs, not the user's.
             warnings.filterwarnings("ignore", category=FutureWarning, module="torchopt")
-            th = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
+            th = self.leaf_theta(theta)
             phi_init = tuple(v.clone().requires_grad_(True) for v in phi_star.values())
             phi = dict(zip(names, inner_solver(phi_init, tuple(th.values()))))
-            out = problem.outer_loss(phi, th, outer_batch)
-            grads = torch.autograd.grad(out, list(th.values()), allow_unused=True)
-        g = {k: torch.zeros_like(v) if gk is None else gk for (k, v), gk in zip(th.items(), grads)}
-        return Hypergradient(out.detach(), g, phi_star, {})
+            return self.result(problem.outer_loss(phi, th, outer_batch), th, phi_star)

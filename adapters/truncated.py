@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch.func import grad_and_value
 
-from bilevel.hypergrad import HypergradBackend, Hypergradient
+from bilevel.hypergrad import HypergradBackend, Hypergradient, reject_inner_solution
 from bilevel.inner_solvers import check_steps, run_inner
 from bilevel.tree import tree_detach
 
@@ -27,7 +27,8 @@ class TruncatedUnrolled(HypergradBackend):
     def __post_init__(self):
         check_steps("TruncatedUnrolled", self.steps)
 
-    def hypergrad(self, problem, theta, inner_batch, outer_batch):
+    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None):
+        reject_inner_solution(self, inner_solution)
         solver = problem.require_solver("TruncatedUnrolled.hypergrad")
         if self.steps > solver.steps:
             raise ValueError(f"TruncatedUnrolled(steps={self.steps}): more than the inner solver's "

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch.func import grad_and_value
 
-from bilevel.hypergrad import HypergradBackend, Hypergradient
+from bilevel.hypergrad import HypergradBackend, Hypergradient, reject_inner_solution
 from bilevel.tree import tree_detach
 
 __all__ = ["Unrolled"]
@@ -24,7 +24,8 @@ class Unrolled(HypergradBackend):
         >>> hypergrad(problem, theta, support, query, backend=Unrolled())  # doctest: +SKIP
     """
 
-    def hypergrad(self, problem, theta, inner_batch, outer_batch):
+    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None):
+        reject_inner_solution(self, inner_solution)
         problem.require_solver("Unrolled.hypergrad")
 
         def outer_of_theta(th):

@@ -10,7 +10,8 @@ from .adapters import (FirstOrder, HigherUnrolled, Implicit, Reptile, TorchoptIm
                        TruncatedUnrolled, Unrolled, implicit_hypergrad)
 from .errors import NonFiniteError, SolverError
 from .hvp import hvp, make_ggn, make_hvp
-from .hypergrad import HypergradBackend, Hypergradient, batched_hypergrad, hypergrad, map_tasks
+from .hypergrad import (AutogradAdapter, HypergradBackend, Hypergradient, batched_hypergrad, hypergrad, map_tasks,
+                        reject_inner_solution)
 from .inner_solvers import Adam, GradientDescent, GradientDescentThenPull, InnerSolver, Momentum, run_inner
 from .linear_solve import (CG, Dense, LinearSolver, LinearSolveResult, Neumann, solve_cg,
                            solve_dense, solve_neumann)
@@ -32,7 +33,8 @@ __all__ = [
     # Hessian-vector products
     "hvp", "make_hvp", "make_ggn",
     # hypergradients
-    "Hypergradient", "HypergradBackend", "hypergrad", "batched_hypergrad", "map_tasks",
+    "Hypergradient", "HypergradBackend", "AutogradAdapter", "reject_inner_solution", "hypergrad", "batched_hypergrad",
+    "map_tasks",
     "Unrolled", "TruncatedUnrolled", "HigherUnrolled", "Implicit", "implicit_hypergrad",
     "TorchoptImplicit", "FirstOrder", "Reptile",
     # errors

@@ -10,7 +10,8 @@ mode); library adapters loop over tasks.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
+import abc
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -18,9 +19,10 @@ from torch.func import vmap
 
 from .errors import NonFiniteError, SolverError
 from .problem import BilevelProblem
-from .tree import Params, tree_detach
+from .tree import Params, nested_leaves, nested_map, tree_detach
 
-__all__ = ["Hypergradient", "HypergradBackend", "hypergrad", "batched_hypergrad", "map_tasks"]
+__all__ = ["Hypergradient", "HypergradBackend", "AutogradAdapter", "reject_inner_solution", "hypergrad",
+           "batched_hypergrad", "map_tasks"]
 
 
 class Hypergradient(NamedTuple):
@@ -40,22 +42,50 @@ class Hypergradient(NamedTuple):
     stats: dict[str, Tensor]
 
 
-class HypergradBackend:
+class HypergradBackend(abc.ABC):
     """A way to compute hypergradients: a small immutable object with one method.
 
-    Subclasses set ``vmappable`` (can the method run under ``torch.func.vmap``, built from
-    ``torch.func`` alone?) and implement :meth:`hypergrad` for a single task.
+    Every backend implements :meth:`hypergrad` with this one signature. A backend that cannot
+    use a given ``inner_solution`` (it differentiates through the inner path) raises a clear
+    error itself (:func:`reject_inner_solution`). Native backends are built from
+    ``torch.func`` alone and run under ``vmap``; adapters over libraries that differentiate
+    with ``torch.autograd`` subclass :class:`AutogradAdapter` and run one task at a time.
     """
 
-    vmappable: ClassVar[bool] = True
-    accepts_inner_solution: ClassVar[bool] = False
-
+    @abc.abstractmethod
     def hypergrad(self, problem: BilevelProblem, theta: Params, inner_batch: Any, outer_batch: Any,
                   *, inner_solution: Params | None = None) -> Hypergradient:
-        raise NotImplementedError
+        """Outer loss and hypergradient for one task (``theta`` arrives detached)."""
 
 
-def _check_call(call: str, problem, theta, backend, inner_solution) -> None:
+class AutogradAdapter(HypergradBackend):
+    """A backend over a library that differentiates with ``torch.autograd`` (``higher``,
+    ``TorchOpt``): never under ``vmap``, so :func:`batched_hypergrad` loops over tasks.
+
+    The shared epilogue: :meth:`leaf_theta` makes ``theta`` a set of autograd leaves, and
+    :meth:`result` turns the outer loss at the library's ``phi`` into a :class:`Hypergradient`
+    (``d out / d theta``, zero for parameters ``out`` does not depend on).
+    """
+
+    @staticmethod
+    def leaf_theta(theta: Params) -> Params:
+        return {k: v.detach().requires_grad_(True) for k, v in theta.items()}
+
+    @staticmethod
+    def result(out: Tensor, theta_leaves: Params, phi: Params, stats: dict | None = None) -> Hypergradient:
+        grads = torch.autograd.grad(out, list(theta_leaves.values()), allow_unused=True)
+        g = {k: torch.zeros_like(v) if gk is None else gk for (k, v), gk in zip(theta_leaves.items(), grads)}
+        return Hypergradient(out.detach(), g, tree_detach(phi), stats or {})
+
+
+def reject_inner_solution(backend: HypergradBackend, inner_solution: Params | None) -> None:
+    """For backends that differentiate through the inner solver's path: no given solution."""
+    if inner_solution is not None:
+        raise TypeError(f"{type(backend).__name__}.hypergrad: this backend differentiates through the inner "
+                        "solver's path and cannot take inner_solution=; use Implicit or FirstOrder.")
+
+
+def _check_call(call: str, problem, theta, backend) -> None:
     if not isinstance(problem, BilevelProblem):
         raise TypeError(f"{call}: expected a BilevelProblem, got {type(problem).__name__}.")
     if not isinstance(backend, HypergradBackend):
@@ -66,9 +96,6 @@ def _check_call(call: str, problem, theta, backend, inner_solution) -> None:
                         f"dict(model.named_parameters())), got {type(theta).__name__}.")
     if not theta:
         raise ValueError(f"{call}: theta is empty; nothing to differentiate.")
-    if inner_solution is not None and not backend.accepts_inner_solution:
-        raise TypeError(f"{call}: {type(backend).__name__} differentiates through the inner "
-                        "solver's path and cannot take inner_solution=; use Implicit or FirstOrder.")
 
 
 def _check_result(call: str, result: Hypergradient, throw: bool) -> Hypergradient:
@@ -111,9 +138,8 @@ def hypergrad(problem: BilevelProblem, theta: Params, inner_batch: Any, outer_ba
     Raises:
         NonFiniteError: the loss or the hypergradient is NaN or infinite.
     """
-    _check_call("hypergrad", problem, theta, backend, inner_solution)
-    kwargs = {} if inner_solution is None else {"inner_solution": inner_solution}
-    result = backend.hypergrad(problem, tree_detach(theta), inner_batch, outer_batch, **kwargs)
+    _check_call("hypergrad", problem, theta, backend)
+    result = backend.hypergrad(problem, tree_detach(theta), inner_batch, outer_batch, inner_solution=inner_solution)
     return _check_result("hypergrad", result, throw)
 
 
@@ -131,20 +157,19 @@ def batched_hypergrad(problem: BilevelProblem, theta: Params, inner_batches: Any
     and ``stats`` in the result are stacked per task, and ``stats["task_loss"]`` holds each
     task's outer loss.
     """
-    _check_call("batched_hypergrad", problem, theta, backend, inner_solutions)
+    _check_call("batched_hypergrad", problem, theta, backend)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise ValueError(f"batched_hypergrad: chunk_size must be a positive int or None, got {chunk_size!r}.")
     theta = tree_detach(theta)
     _num_tasks(inner_batches, outer_batches, inner_solutions)
-    with_sol = inner_solutions is not None
 
     def one_task(inner_batch, outer_batch, solution=None):
-        kwargs = {"inner_solution": solution} if with_sol else {}
-        return backend.hypergrad(problem, theta, inner_batch, outer_batch, **kwargs)
+        return backend.hypergrad(problem, theta, inner_batch, outer_batch, inner_solution=solution)
 
-    args = (inner_batches, outer_batches) + ((inner_solutions,) if with_sol else ())
-    per_task = map_tasks(one_task, *args, vectorize=backend.vmappable and vectorize, chunk_size=chunk_size)
+    args = (inner_batches, outer_batches) + (() if inner_solutions is None else (inner_solutions,))
+    vectorize = vectorize and not isinstance(backend, AutogradAdapter)
+    per_task = map_tasks(one_task, *args, vectorize=vectorize, chunk_size=chunk_size)
     result = Hypergradient(
         loss=per_task.loss.mean(),
         grad={k: g.mean(0) for k, g in per_task.grad.items()},
@@ -163,12 +188,8 @@ def map_tasks(fn, *batches, vectorize: bool = True, chunk_size: int | None = Non
     return _stack(outs)
 
 
-def _leaves(tree):
-    return torch.utils._pytree.tree_leaves(tree)
-
-
 def _num_tasks(*trees) -> int:
-    sizes = {leaf.shape[0] if leaf.ndim else None for t in trees if t is not None for leaf in _leaves(t)}
+    sizes = {leaf.shape[0] if leaf.ndim else None for t in trees if t is not None for leaf in nested_leaves(t)}
     if None in sizes or len(sizes) != 1:
         raise ValueError(f"batched_hypergrad: every batch tensor needs the same task dimension 0; "
                          f"got leading sizes {sorted(s for s in sizes if s is not None)}"
@@ -178,8 +199,8 @@ def _num_tasks(*trees) -> int:
 
 
 def _index(tree, i):
-    return torch.utils._pytree.tree_map(lambda x: x[i], tree)
+    return nested_map(lambda x: x[i], tree)
 
 
 def _stack(items):
-    return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *items)
+    return nested_map(lambda *xs: torch.stack(xs), *items)

@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -36,7 +37,7 @@ __all__ = [
     "Neumann",
     "Dense",
     "LinearSolver",
-    "as_linear_solver",
+    "check_linear_solver",
 ]
 
 Matvec = Callable[[Params], Params]
@@ -167,13 +168,15 @@ def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: 
     return _raise_if_failed("solve_cg", result) if throw else result
 
 
-def solve_neumann(matvec: Matvec, b: Params, *, alpha: float = 1.0, steps: int = 10,
-                  tol: float = 1e-10, atol: float = 0.0, throw: bool = False) -> LinearSolveResult:
-    """Truncated Neumann series ``x = alpha * sum_{k<steps} (I - alpha A)^k b``.
+def solve_neumann(matvec: Matvec, b: Params, *, init: Params | None = None, alpha: float = 1.0,
+                  steps: int = 10, tol: float = 1e-10, atol: float = 0.0, throw: bool = False) -> LinearSolveResult:
+    """Truncated Neumann series ``x = x_0 + alpha * sum_{k<steps} (I - alpha A)^k (b - A x_0)``.
 
-    Converges to ``A^-1 b`` iff ``0 < alpha < 2 / lambda_max(A)`` for positive definite ``A``.
-    The residual is exact for free: ``b - A x = (I - alpha A)^steps b``. A residual larger
-    than ``||b||`` or non-finite is reported as ``diverged``.
+    With ``init=None`` (``x_0 = 0``) this is ``alpha * sum_k (I - alpha A)^k b``; from ``x_0`` it
+    is the same series on the remaining residual (Richardson iteration). Converges to
+    ``A^-1 b`` iff ``0 < alpha < 2 / lambda_max(A)`` for positive definite ``A``. The residual
+    is exact for free: ``b - A x = (I - alpha A)^steps (b - A x_0)``. A residual larger than
+    ``||b||`` or non-finite is reported as ``diverged``.
 
     Example:
         >>> import torch
@@ -185,8 +188,8 @@ def solve_neumann(matvec: Matvec, b: Params, *, alpha: float = 1.0, steps: int =
     check_positive("solve_neumann", "alpha", alpha)
     check_nonnegative("solve_neumann", "tol", tol)
     check_nonnegative("solve_neumann", "atol", atol)
-    p = b
-    x = tree_zeros_like(b)
+    x = tree_zeros_like(b) if init is None else init
+    p = b if init is None else tree_sub(b, matvec(x))
     for _ in range(steps):
         x = tree_axpy(alpha, p, x)
         p = tree_axpy(-alpha, matvec(p), p)
@@ -238,11 +241,16 @@ def solve_dense(matvec: Matvec, b: Params, *, ridge: float = 0.0, tol: float = 1
 # --- Configured solvers: immutable objects validated at construction, called as solver(matvec, b).
 
 
-class LinearSolver:
-    """A configured linear solver: ``solver(matvec, b) -> LinearSolveResult``."""
+class LinearSolver(abc.ABC):
+    """A configured linear solver: ``solver(matvec, b, init=None) -> LinearSolveResult``.
 
+    Subclasses are immutable, validate their settings at construction, and either start
+    from ``init`` or reject it. Any subclass can be given to :class:`~bilevel.Implicit`.
+    """
+
+    @abc.abstractmethod
     def __call__(self, matvec: Matvec, b: Params, init: Params | None = None) -> LinearSolveResult:
-        raise NotImplementedError
+        """Solve ``A x = b`` for the operator ``matvec``, starting from ``init`` (``None``: zero)."""
 
 
 @dataclass(frozen=True)
@@ -270,7 +278,7 @@ class CG(LinearSolver):
 
 @dataclass(frozen=True)
 class Neumann(LinearSolver):
-    """Neumann series ``alpha * sum_{k<steps} (I - alpha A)^k b``."""
+    """Neumann series ``alpha * sum_{k<steps} (I - alpha A)^k b``; see :func:`solve_neumann`."""
 
     alpha: float = 1.0
     steps: int = 10
@@ -280,14 +288,17 @@ class Neumann(LinearSolver):
     def __post_init__(self):
         check_positive_int("Neumann", "steps", self.steps)
         check_positive("Neumann", "alpha", self.alpha)
+        check_nonnegative("Neumann", "tol", self.tol)
+        check_nonnegative("Neumann", "atol", self.atol)
 
     def __call__(self, matvec, b, init=None):
-        return solve_neumann(matvec, b, alpha=self.alpha, steps=self.steps, tol=self.tol, atol=self.atol)
+        return solve_neumann(matvec, b, init=init, alpha=self.alpha, steps=self.steps, tol=self.tol,
+                             atol=self.atol)
 
 
 @dataclass(frozen=True)
 class Dense(LinearSolver):
-    """Direct solve of the materialized matrix (small problems, tests)."""
+    """Direct solve of the materialized matrix (small problems, tests); see :func:`solve_dense`."""
 
     ridge: float = 0.0
 
@@ -295,20 +306,21 @@ class Dense(LinearSolver):
         check_nonnegative("Dense", "ridge", self.ridge)
 
     def __call__(self, matvec, b, init=None):
+        if init is not None:
+            raise ValueError("Dense: a direct solve has no starting point; call it with init=None "
+                             "(or use CG or Neumann, which start from init).")
         return solve_dense(matvec, b, ridge=self.ridge)
 
 
-_BY_NAME = {"cg": CG, "neumann": Neumann, "dense": Dense}
-
-
-def as_linear_solver(call: str, solver) -> LinearSolver:
-    """Accept a :class:`LinearSolver`, a name (``"cg"``, ``"neumann"``, ``"dense"``) or a callable."""
-    if isinstance(solver, str):
-        if solver not in _BY_NAME:
-            raise ValueError(f"{call}: unknown linear solver {solver!r}; expected one of "
-                             f"{sorted(_BY_NAME)} or a LinearSolver such as CG(maxiter=5).")
-        return _BY_NAME[solver]()
-    if callable(solver):
+def check_linear_solver(call: str, solver) -> LinearSolver:
+    """``solver`` if it is a :class:`LinearSolver` instance, else a ``TypeError`` naming the fix."""
+    if isinstance(solver, LinearSolver):
         return solver
-    raise TypeError(f"{call}: linear_solver must be a LinearSolver, a name or a callable "
-                    f"(matvec, b) -> LinearSolveResult, got {type(solver).__name__}.")
+    hint = (f" Strings are not accepted: write {_BY_NAME[solver]}." if isinstance(solver, str) and solver in _BY_NAME
+            else "")
+    raise TypeError(f"{call}: linear_solver must be a LinearSolver such as CG(maxiter=5), Neumann(alpha=0.1, "
+                    f"steps=20) or Dense(), got {type(solver).__name__} ({solver!r}).{hint} A custom solver "
+                    "subclasses bilevel.LinearSolver and implements __call__(matvec, b, init=None).")
+
+
+_BY_NAME = {"cg": "CG()", "neumann": "Neumann()", "dense": "Dense()"}

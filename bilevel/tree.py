@@ -28,6 +28,8 @@ __all__ = [
     "tree_unravel",
     "tree_numel",
     "check_same_keys",
+    "nested_leaves",
+    "nested_map",
 ]
 
 
@@ -112,3 +114,33 @@ def check_same_keys(call: str, expected: Mapping[str, Tensor], given: Mapping[st
                     f"{call}: {what}[{k!r}] has shape {tuple(given[k].shape)}, expected "
                     f"{tuple(expected[k].shape)}."
                 )
+
+
+# --- Nested batches: tensors inside tuples, lists, dicts and named tuples (a task's data,
+# a backend's result). The library's own few lines instead of torch's private ``_pytree``.
+
+
+def nested_leaves(tree) -> list[Tensor]:
+    """The tensors of a nested container, depth first (``None`` and other values skipped)."""
+    if isinstance(tree, Tensor):
+        return [tree]
+    if isinstance(tree, Mapping):
+        return [leaf for v in tree.values() for leaf in nested_leaves(v)]
+    if isinstance(tree, (tuple, list)):
+        return [leaf for v in tree for leaf in nested_leaves(v)]
+    return []
+
+
+def nested_map(fn, *trees):
+    """``fn`` applied leaf by leaf to tensors at the same place in ``trees`` (same structure);
+    containers are rebuilt with their own type, non-tensor leaves come from the first tree."""
+    first = trees[0]
+    if isinstance(first, Tensor):
+        return fn(*trees)
+    if isinstance(first, Mapping):
+        return {k: nested_map(fn, *(t[k] for t in trees)) for k in first}
+    if isinstance(first, tuple) and hasattr(first, "_fields"):  # a NamedTuple
+        return type(first)(*(nested_map(fn, *parts) for parts in zip(*trees)))
+    if isinstance(first, (tuple, list)):
+        return type(first)(nested_map(fn, *parts) for parts in zip(*trees))
+    return first

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from bilevel import (CG, BilevelProblem, FirstOrder, GradientDescent, HigherUnrolled, Implicit,
-                     NewtonCG, NonFiniteError, SolverError, TorchoptImplicit, TruncatedUnrolled,
+from bilevel import (CG, BilevelProblem, Dense, FirstOrder, GradientDescent, HigherUnrolled, Implicit,
+                     Neumann, NewtonCG, NonFiniteError, SolverError, TorchoptImplicit, TruncatedUnrolled,
                      Unrolled, batched_hypergrad, hypergrad, imaml_problem, model_loss)
 from problems import DTYPE, ridge_data, ridge_problem
 
@@ -98,14 +98,22 @@ def test_first_order_needs_shared_names():
 
 def test_unknown_solver_and_backend_options(ridge):
     problem, theta, inner, outer = ridge
-    with pytest.raises(ValueError, match=r"Implicit: unknown linear solver 'cgg'; expected one of \['cg', 'dense', 'neumann'\]"):
-        Implicit("cgg")
+    with pytest.raises(TypeError, match=r"Implicit: linear_solver must be a LinearSolver such as CG\(maxiter=5\).*"
+                       r"got str \('cg'\)\. Strings are not accepted: write CG\(\)"):
+        Implicit("cg")
+    with pytest.raises(TypeError, match=r"Implicit: linear_solver must be a LinearSolver.*got function"):
+        Implicit(lambda matvec, b: None)
+    with pytest.raises(ValueError, match=r"Neumann: tol must be a number >= 0, got -1"):
+        Neumann(tol=-1)
+    with pytest.raises(ValueError, match=r"Neumann: atol must be a number >= 0"):
+        Neumann(atol=float("nan"))
+    with pytest.raises(ValueError, match=r"Dense: a direct solve has no starting point"):
+        Dense()(lambda v: v, {"x": torch.ones(2)}, init={"x": torch.ones(2)})
     with pytest.raises(ValueError, match="Implicit: unknown hvp mode 'fast'"):
         Implicit(hvp_mode="fast")
     with pytest.raises(TypeError, match="hypergrad: backend must be a HypergradBackend"):
         hypergrad(problem, theta, inner, outer, backend="implicit")
     with pytest.raises(TypeError, match="TorchoptImplicit: linear_solver must be CG"):
-        from bilevel import Dense
         TorchoptImplicit(Dense())
     with pytest.raises(ValueError, match="BilevelProblem: inner_init='zeros' is unknown"):
         BilevelProblem(lambda *a: 0, lambda *a: 0, inner_init="zeros")
@@ -115,8 +123,10 @@ def test_unknown_solver_and_backend_options(ridge):
 
 def test_backend_specific_misuse(ridge):
     problem, theta, inner, outer = ridge
-    with pytest.raises(TypeError, match="Unrolled differentiates through the inner solver's path"):
-        hypergrad(problem, theta, inner, outer, backend=Unrolled(), inner_solution=theta)
+    for backend in (Unrolled(), TruncatedUnrolled(2), HigherUnrolled()):
+        with pytest.raises(TypeError, match=f"{type(backend).__name__}.hypergrad: this backend differentiates "
+                           "through the inner solver's path and cannot take inner_solution="):
+            hypergrad(problem, theta, inner, outer, backend=backend, inner_solution=theta)
     with pytest.raises(ValueError, match=r"TruncatedUnrolled\(steps=9\): more than the inner solver's 5 steps"):
         hypergrad(problem, theta, inner, outer, backend=TruncatedUnrolled(9))
     newton = ridge_problem(10.0, NewtonCG(steps=2))
@@ -149,5 +159,5 @@ def test_throw_raises_solver_error_on_unconverged_solve(ridge):
 def test_missing_optional_library_names_the_install_command(monkeypatch, ridge):
     problem, theta, inner, outer = ridge
     monkeypatch.setitem(sys.modules, "higher", None)  # makes `import higher` raise ImportError
-    with pytest.raises(ImportError, match=r"HigherUnrolled needs the 'higher' library.*pip install higher"):
+    with pytest.raises(ImportError, match=r"HigherUnrolled needs the 'higher' library.*pip install 'bilevel\[higher\]'"):
         hypergrad(problem, theta, inner, outer, backend=HigherUnrolled())

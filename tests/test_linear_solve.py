@@ -177,3 +177,22 @@ def test_cg_continue_through_negative_curvature_solves_indefinite_system():
     torch.testing.assert_close(result.solution["x"], torch.tensor([0.5, 2.0, -1.0], dtype=DTYPE))
     with pytest.raises(ValueError, match="negative_curvature must be one of"):
         CG(negative_curvature="ignore")
+
+
+@pytest.mark.parametrize("name,make", SOLVERS[:2], ids=[s[0] for s in SOLVERS[:2]])
+def test_iterative_solvers_start_from_init(name, make):
+    """Started at the exact solution, CG and Neumann stay there with a zero residual; started
+    elsewhere, Neumann's residual is (I - alpha A)^steps (b - A x_0), exactly."""
+    A = spd(7, cond=10.0)
+    matvec, k, n = as_dict_matvec(A)
+    b, b_dict = rhs(n, k)
+    x_star = torch.linalg.solve(A, b)
+    init = {"a": x_star[:k], "b": x_star[k:].reshape(-1, 1)}
+    result = make()(matvec, b_dict, init=init)
+    x = torch.cat([result.solution["a"], result.solution["b"].reshape(-1)])
+    torch.testing.assert_close(x, x_star, rtol=1e-12, atol=0)
+    assert float(result.residual_norm) < 1e-12 * float(b.norm())
+    x0 = torch.randn(n, generator=torch.Generator().manual_seed(5), dtype=DTYPE)
+    res = solve_neumann(matvec, b_dict, init={"a": x0[:k], "b": x0[k:].reshape(-1, 1)}, alpha=0.1, steps=7)
+    expected = torch.linalg.matrix_power(torch.eye(n, dtype=DTYPE) - 0.1 * A, 7) @ (b - A @ x0)
+    torch.testing.assert_close(res.residual_norm, expected.norm(), rtol=1e-12, atol=0)
