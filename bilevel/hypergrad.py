@@ -129,7 +129,8 @@ def hypergrad(problem: BilevelProblem, theta: Params, inner_batch: Any, outer_ba
     Args:
         problem: the :class:`BilevelProblem`.
         theta: outer parameters; they are detached, the result carries no graph.
-        inner_batch, outer_batch: the data passed to ``inner_loss`` and ``outer_loss``.
+        inner_batch: the data passed to ``inner_loss`` (e.g. a task's support set).
+        outer_batch: the data passed to ``outer_loss`` (e.g. the task's query set).
         backend: e.g. ``Unrolled()``, ``Implicit(CG(maxiter=5))``, ``FirstOrder()``.
         inner_solution: a solution ``phi*`` computed elsewhere (implicit and first-order
             backends only), e.g. by a ``torch.optim`` loop.
