@@ -1,0 +1,45 @@
+"""Data-parallel meta-gradients: 2 CPU processes (gloo, launched by torchrun) give the
+single-process answer, and a failing rank ends the job instead of hanging it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from bilevel.distributed import World, task_share
+
+WORKER = Path(__file__).parent / "distributed" / "hypergrad_worker.py"
+
+
+def torchrun(*args, timeout=120):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_task_shares_are_disjoint_and_cover_the_meta_batch():
+    for total in (1, 4, 5, 8):
+        for size in (1, 2, 3):
+            shares = [task_share(total, World(r, size)) for r in range(size)]
+            covered = [i for s in shares for i in range(total)[s]]
+            assert covered == list(range(total)), (total, size)
+
+
+def test_two_processes_give_the_single_process_meta_gradient(tmp_path):
+    out = tmp_path / "result.pt"
+    proc = torchrun(WORKER, out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = torch.load(out)
+    assert r["world"] == 2
+    torch.testing.assert_close(r["distributed"], r["single"], rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(r["loss"][0], r["loss"][1], rtol=1e-13, atol=0)
+    assert torch.equal(r["steps"][0].to(torch.int64), r["steps"][1])  # every task's diagnostics, in order
+
+
+def test_a_failing_rank_ends_the_job(tmp_path):
+    proc = torchrun(WORKER, tmp_path / "never.pt", 1, timeout=120)
+    assert proc.returncode != 0
+    assert "rank 1 fails on purpose" in proc.stderr + proc.stdout
+    assert not (tmp_path / "never.pt").exists()
