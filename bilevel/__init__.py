@@ -6,15 +6,18 @@ with any backend, chosen by one argument::
     hypergrad(problem, theta, inner_batch, outer_batch, backend=Implicit(CG(maxiter=5)))
 """
 
-from .adapters import (FirstOrder, HigherUnrolled, Implicit, Reptile, TorchoptImplicit,
-                       TruncatedUnrolled, Unrolled, implicit_hypergrad)
+from .adapters import (FirstOrder, FixedPointImplicit, HigherUnrolled, Implicit, Reptile, TorchoptImplicit,
+                       TruncatedUnrolled, Unrolled, UnrolledFixedPoint, fixed_point_implicit_hypergrad,
+                       implicit_hypergrad)
 from .errors import NonFiniteError, SolverError
 from .hvp import hvp, make_ggn, make_hvp
 from .hypergrad import (AutogradAdapter, HypergradBackend, Hypergradient, batched_hypergrad, hypergrad, map_tasks,
                         reject_inner_solution)
 from .inner_solvers import Adam, GradientDescent, GradientDescentThenPull, InnerSolver, Momentum, run_inner
-from .linear_solve import (CG, Dense, LinearSolver, LinearSolveResult, Neumann, solve_cg,
-                           solve_dense, solve_neumann)
+from .fixed_point import (Anderson, FixedPointIteration, FixedPointProblem, FixedPointResult, FixedPointSolver,
+                          batched_fixed_point_hypergrad, fixed_point_hypergrad)
+from .linear_solve import (CG, GMRES, Dense, LinearSolver, LinearSolveResult, Neumann, solve_cg,
+                           solve_dense, solve_gmres, solve_neumann)
 from .meta import imaml_problem, maml_problem, model_loss, proximal_penalty
 from .newton_cg import NewtonCG
 from .problem import BilevelProblem
@@ -28,8 +31,12 @@ __all__ = [
     # inner solvers
     "InnerSolver", "GradientDescent", "GradientDescentThenPull", "Momentum", "Adam", "NewtonCG", "run_inner",
     # linear solvers
-    "LinearSolver", "LinearSolveResult", "CG", "Neumann", "Dense", "solve_cg", "solve_neumann",
-    "solve_dense",
+    "LinearSolver", "LinearSolveResult", "CG", "Neumann", "Dense", "GMRES", "solve_cg", "solve_neumann",
+    "solve_dense", "solve_gmres",
+    # fixed points
+    "FixedPointProblem", "FixedPointSolver", "FixedPointIteration", "Anderson", "FixedPointResult",
+    "fixed_point_hypergrad", "batched_fixed_point_hypergrad", "FixedPointImplicit", "UnrolledFixedPoint",
+    "fixed_point_implicit_hypergrad",
     # Hessian-vector products
     "hvp", "make_hvp", "make_ggn",
     # hypergradients

@@ -1,7 +1,9 @@
 """Linear solvers for ``A x = b`` where ``A`` is given only as a matvec over parameter dicts.
 
 All solvers share one signature, ``solve_*(matvec, b, ...) -> LinearSolveResult``, so
-conjugate gradient, the Neumann series and the dense solve are interchangeable.
+conjugate gradient, the Neumann series, GMRES and the dense solve are interchangeable
+(CG needs a symmetric positive definite ``A``; GMRES and Dense any invertible ``A``;
+Neumann a spectral radius ``rho(I - alpha A) < 1``).
 
 Invariants:
 
@@ -33,9 +35,11 @@ __all__ = [
     "solve_cg",
     "solve_neumann",
     "solve_dense",
+    "solve_gmres",
     "CG",
     "Neumann",
     "Dense",
+    "GMRES",
     "LinearSolver",
     "check_linear_solver",
 ]
@@ -238,6 +242,99 @@ def solve_dense(matvec: Matvec, b: Params, *, ridge: float = 0.0, tol: float = 1
     return _raise_if_failed("solve_dense", result) if throw else result
 
 
+def solve_gmres(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: int = 50,
+                tol: float = 1e-10, atol: float = 0.0, throw: bool = False) -> LinearSolveResult:
+    """GMRES for a general (non-symmetric) invertible ``A``: solves ``A x = b`` without restarts.
+
+    Builds an orthonormal basis of the Krylov space ``span{r0, A r0, ..., A^(k-1) r0}``
+    (Arnoldi with two passes of modified Gram-Schmidt) and returns the ``x`` in ``x_0`` plus that space which
+    minimizes ``||b - A x||``; the minimal residual never grows, and in exact arithmetic it
+    reaches 0 after at most ``n`` steps. Each iteration costs one matvec and keeps one more
+    vector, so memory is ``maxiter`` copies of ``b``. Iteration stops (the basis is frozen)
+    once ``||b - A x|| <= max(tol ||b||, atol)``; outside ``vmap`` it returns at that point,
+    under ``vmap`` all ``maxiter`` iterations run with masked updates. The reported residual is
+    recomputed as ``||b - A x||`` with one more matvec.
+
+    Example:
+        >>> import torch
+        >>> A = torch.tensor([[2.0, 1.0], [-1.0, 3.0]])  # not symmetric: CG does not apply
+        >>> res = solve_gmres(lambda v: {"x": A @ v["x"]}, {"x": torch.tensor([1.0, 2.0])})
+        >>> torch.allclose(A @ res.solution["x"], torch.tensor([1.0, 2.0])), int(res.steps)
+        (True, 2)
+    """
+    check_positive_int("solve_gmres", "maxiter", maxiter)
+    check_nonnegative("solve_gmres", "tol", tol)
+    check_nonnegative("solve_gmres", "atol", atol)
+    like = b
+
+    def flat_matvec(v: Tensor) -> Tensor:
+        return tree_ravel(matvec(tree_unravel(v, like)))
+
+    flat_b = tree_ravel(b)
+    x0 = torch.zeros_like(flat_b) if init is None else tree_ravel(init)
+    r0 = flat_b if init is None else flat_b - flat_matvec(x0)
+    beta = torch.linalg.vector_norm(r0)
+    thresh = _threshold(torch.linalg.vector_norm(flat_b), tol, atol)
+    done = beta <= thresh
+    one, zero = torch.ones_like(beta), torch.zeros_like(beta)
+
+    def safe_div(num: Tensor, den: Tensor) -> Tensor:
+        # A zero denominator means a lucky breakdown (or a frozen system): the quotient is unused.
+        return torch.where(den > 0, num / torch.where(den > 0, den, one), zero)
+
+    basis = [r0 * safe_div(one, beta)]
+    columns, cos, sin, used = [], [], [], []
+    g = [beta]  # the rotated right-hand side beta e_1; |g[j+1]| is the residual after j+1 steps
+    steps = torch.zeros((), dtype=torch.int64, device=flat_b.device)
+    for j in range(maxiter):
+        w = flat_matvec(basis[j])
+        h = [zero] * len(basis)
+        for _ in range(2):  # modified Gram-Schmidt twice, so the basis stays orthogonal to rounding
+            for i, v in enumerate(basis):
+                h_ij = torch.dot(w, v)
+                w = w - h_ij * v
+                h[i] = h[i] + h_ij
+        h_next = torch.linalg.vector_norm(w)
+        basis.append(w * safe_div(one, h_next))
+        for i in range(j):  # earlier Givens rotations, applied to the new column
+            h[i], h[i + 1] = cos[i] * h[i] + sin[i] * h[i + 1], -sin[i] * h[i] + cos[i] * h[i + 1]
+        r = torch.sqrt(h[j] ** 2 + h_next ** 2)
+        c = torch.where(r > 0, safe_div(h[j], r), one)
+        s = safe_div(h_next, r)
+        h[j] = r
+        cos.append(c)
+        sin.append(s)
+        g.append(-s * g[j])
+        g[j] = c * g[j]
+        columns.append(h)
+        active = ~done
+        used.append(active)
+        steps = steps + active.to(torch.int64)
+        done = done | (torch.abs(g[j + 1]) <= thresh)
+        if _known_true(done):
+            break
+    # Solve the k x k upper triangular system R y = g[:k]; columns of frozen iterations get
+    # an identity row and a zero right-hand side, so their coefficient is 0.
+    k = len(columns)
+    mask = torch.stack(used)
+    R = torch.stack([torch.stack(col + [zero] * (k - len(col))) for col in columns], dim=1)
+    both = mask[:, None] & mask[None, :]
+    R = torch.where(both, R, torch.eye(k, dtype=R.dtype, device=R.device))
+    rhs = torch.where(mask, torch.stack(g[:k]), zero)
+    y = torch.linalg.solve_triangular(R, rhs[:, None], upper=True)[:, 0]
+    x = x0 + torch.stack(basis[:k], dim=1) @ y
+    res_norm = torch.linalg.vector_norm(flat_b - flat_matvec(x))
+    result = LinearSolveResult(
+        solution=tree_unravel(x, b),
+        converged=res_norm <= thresh,
+        steps=steps,
+        residual_norm=res_norm,
+        negative_curvature=torch.zeros((), dtype=torch.bool, device=flat_b.device),
+        diverged=~torch.isfinite(res_norm),
+    )
+    return _raise_if_failed("solve_gmres", result) if throw else result
+
+
 # --- Configured solvers: immutable objects validated at construction, called as solver(matvec, b).
 
 
@@ -312,6 +409,24 @@ class Dense(LinearSolver):
         return solve_dense(matvec, b, ridge=self.ridge)
 
 
+@dataclass(frozen=True)
+class GMRES(LinearSolver):
+    """GMRES with a Krylov space of at most ``maxiter`` vectors, for non-symmetric systems
+    (the adjoint of a fixed point); see :func:`solve_gmres`."""
+
+    maxiter: int = 50
+    tol: float = 1e-10
+    atol: float = 0.0
+
+    def __post_init__(self):
+        check_positive_int("GMRES", "maxiter", self.maxiter)
+        check_nonnegative("GMRES", "tol", self.tol)
+        check_nonnegative("GMRES", "atol", self.atol)
+
+    def __call__(self, matvec, b, init=None):
+        return solve_gmres(matvec, b, init=init, maxiter=self.maxiter, tol=self.tol, atol=self.atol)
+
+
 def check_linear_solver(call: str, solver) -> LinearSolver:
     """``solver`` if it is a :class:`LinearSolver` instance, else a ``TypeError`` naming the fix."""
     if isinstance(solver, LinearSolver):
@@ -319,8 +434,8 @@ def check_linear_solver(call: str, solver) -> LinearSolver:
     hint = (f" Strings are not accepted: write {_BY_NAME[solver]}." if isinstance(solver, str) and solver in _BY_NAME
             else "")
     raise TypeError(f"{call}: linear_solver must be a LinearSolver such as CG(maxiter=5), Neumann(alpha=0.1, "
-                    f"steps=20) or Dense(), got {type(solver).__name__} ({solver!r}).{hint} A custom solver "
+                    f"steps=20), GMRES() or Dense(), got {type(solver).__name__} ({solver!r}).{hint} A custom solver "
                     "subclasses bilevel.LinearSolver and implements __call__(matvec, b, init=None).")
 
 
-_BY_NAME = {"cg": "CG()", "neumann": "Neumann()", "dense": "Dense()"}
+_BY_NAME = {"cg": "CG()", "neumann": "Neumann()", "dense": "Dense()", "gmres": "GMRES()"}
