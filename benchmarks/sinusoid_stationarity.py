@@ -25,6 +25,7 @@ from torch.func import grad
 from bilevel import Adam, GradientDescent, Momentum, NewtonCG, imaml_problem
 from bilevel.fewshot import SinusoidMLP, make_benchmark
 from bilevel.fewshot.benchmarks import batch_to_tasks
+from bilevel.fewshot.checkpoint import load_checkpoint
 from bilevel.tree import tree_norm
 
 SOLVERS = {
@@ -48,7 +49,7 @@ def main():
     bench = make_benchmark("sinusoid", 1, 10, 10)
     model = SinusoidMLP()
     if args.checkpoint:
-        model.load_state_dict(torch.load(args.checkpoint, weights_only=False)["model"])
+        model.load_state_dict(load_checkpoint(args.checkpoint)["model"])
     loss = bench.task_loss(model)
     theta = {k: v.detach() for k, v in model.named_parameters()}
     support, _ = batch_to_tasks(bench.sampler("val", 0).sample(4), "cpu")

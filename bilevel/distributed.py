@@ -26,7 +26,8 @@ from torch import Tensor
 from .hypergrad import Hypergradient, batched_hypergrad
 from .tree import Params, nested_map
 
-__all__ = ["World", "init_world", "task_share", "take_share", "all_gather_tasks", "distributed_hypergrad"]
+__all__ = ["World", "init_world", "task_share", "take_share", "all_gather_tasks", "distributed_hypergrad",
+           "reduce_hypergrad"]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
 
@@ -128,7 +129,14 @@ def distributed_hypergrad(problem, theta: Params, inner_batches, outer_batches, 
                               backend=backend,
                               inner_solutions=None if inner_solutions is None else take_share(inner_solutions, share),
                               **kwargs)
-    n_local = share.stop - share.start
+    return reduce_hypergrad(local, total, world)
+
+
+def reduce_hypergrad(local: Hypergradient, total: int, world: World) -> Hypergradient:
+    """Every rank's :func:`~bilevel.batched_hypergrad` over its :func:`task_share` of ``total``
+    tasks -> the global mean loss and hypergradient (one all-reduce of ``n_local * mean``) and
+    every task's per-task ``stats``, gathered in task order. ``inner_solution`` stays local."""
+    n_local = task_share(total, world).stop - task_share(total, world).start
     names = list(local.grad)
     flat = torch.cat([local.grad[k].reshape(-1) * n_local for k in names]
                      + [(local.loss * n_local).reshape(1)])

@@ -43,3 +43,30 @@ def test_a_failing_rank_ends_the_job(tmp_path):
     assert proc.returncode != 0
     assert "rank 1 fails on purpose" in proc.stderr + proc.stdout
     assert not (tmp_path / "never.pt").exists()
+
+
+def _train_args(out, *extra):
+    return ["-m", "bilevel", "train", "--benchmark", "sinusoid", "--method", "imaml-gd", "--iterations", "3",
+            "--meta-batch", "4", "--val-every", "3", "--val-tasks", "6", "--inner-steps", "3", "--quiet",
+            "--device", "cpu", "--out", str(out), *extra]
+
+
+def test_bilevel_train_under_torchrun_equals_one_process(tmp_path):
+    """`bilevel train` unchanged under torchrun: 2 processes, same seed and global meta-batch,
+    give the one-process meta-parameters and validation score; only rank 0 writes."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = subprocess.run([sys.executable, *_train_args(one)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr[-2000:]
+    proc = torchrun(*_train_args(two))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = torch.load(one / "checkpoint.pt")["model"], torch.load(two / "checkpoint.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+    import json
+
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    assert s2["world_size"] == 2 and s1["world_size"] == 1
+    assert abs(s1["best_val"] - s2["best_val"]) <= 1e-4 * abs(s1["best_val"])
+    records = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if r["split"] == "train"] == [1, 2, 3]  # one writer, no duplicates

@@ -1,4 +1,4 @@
-"""Helpers shared by the data loaders: the error type, folders, atomic writes, argument checks."""
+"""Helpers shared by the data loaders: the error type, folders, atomic writes."""
 
 from __future__ import annotations
 
@@ -67,16 +67,29 @@ def temp_path_beside(dest: Path) -> Path:
     return dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
 
 
-def atomic_torch_save(obj: Any, dest: Path) -> None:
-    """``torch.save`` to a temporary file beside ``dest``, then ``os.replace`` it into place.
+def atomic_torch_save(obj: Any, dest: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a fresh temporary file beside ``dest``, then ``os.replace`` it into place.
 
-    A reader never sees a half-written file; on any error the temporary file is removed and
-    the error propagates.
+    Invariant: ``dest`` is always either its previous complete content or the new complete
+    content, never a partial file, even if the process is killed mid-write. The temporary
+    file has a unique name in ``dest``'s folder (same file system, so the rename is atomic), is
+    flushed and ``fsync``-ed before the rename, and is removed on any error, which propagates.
     """
+    _atomic_write(dest, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, dest: str | os.PathLike[str]) -> None:
+    """Write ``text`` (UTF-8) to ``dest`` with the guarantees of :func:`atomic_torch_save`."""
+    data = text.encode("utf-8")
+    _atomic_write(dest, lambda f: f.write(data))
+
+
+def _atomic_write(dest: str | os.PathLike[str], write) -> None:
+    dest = Path(dest)
     tmp = temp_path_beside(dest)
     try:
         with open(tmp, "xb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
@@ -84,16 +97,14 @@ def atomic_torch_save(obj: Any, dest: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync_dir(dest.parent)
 
 
-def check_int(call: str, name: str, value: Any, *, minimum: int, fix: str) -> int:
-    """Return ``value`` if it is an ``int`` (not a ``bool``) ``>= minimum``; raise otherwise.
-
-    Raises ``TypeError`` for a non-integer and ``ValueError`` for one that is too small, with
-    a message naming ``call``, the expectation, the given value and ``fix``.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{call}({name}={value!r}): expected an int, got {type(value).__name__}; {fix}")
-    if value < minimum:
-        raise ValueError(f"{call}({name}={value!r}): expected {name} >= {minimum}; {fix}")
-    return value
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every platform can open a folder)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import check_int
+from ..validation import check_int
 
 __all__ = ["EpisodeBatch", "ClassImages", "EpisodeSampler"]
 
@@ -277,10 +277,10 @@ class EpisodeSampler:
                 f"{call}(classes=...): expected a ClassImages, got {type(classes).__name__}; "
                 "build one with load_omniglot()/omniglot_splits() or load_miniimagenet()"
             )
-        check_int(call, "ways", ways, minimum=2, fix="a task needs at least 2 classes; use --ways >= 2")
-        check_int(call, "shots", shots, minimum=1, fix="use --shots >= 1")
-        check_int(call, "queries", queries, minimum=1, fix="use --queries >= 1")
-        check_int(call, "seed", seed, minimum=0, fix="pass a non-negative integer seed")
+        check_int(call, "ways", ways, minimum=2, fix="A task needs at least 2 classes; use --ways >= 2.")
+        check_int(call, "shots", shots, minimum=1, fix="Use --shots >= 1.")
+        check_int(call, "queries", queries, minimum=1, fix="Use --queries >= 1.")
+        check_int(call, "seed", seed, minimum=0, fix="Pass a non-negative integer seed.")
         if ways > len(classes):
             raise ValueError(
                 f"{call}(ways={ways}): expected ways <= {len(classes)}, the number of classes in "
@@ -314,7 +314,7 @@ class EpisodeSampler:
         ``query_x [B, N*Q, *item_shape]``, ``query_y [B, N*Q]``.
         """
         b = check_int(
-            "EpisodeSampler.sample", "meta_batch", meta_batch, minimum=1, fix="use --meta-batch >= 1"
+            "EpisodeSampler.sample", "meta_batch", meta_batch, minimum=1, fix="Use --meta-batch >= 1."
         )
         n_way, k, q = self.ways, self.shots, self.queries
         g = self._generator

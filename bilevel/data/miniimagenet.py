@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ._common import DataError, resolve_data_root
 from .episodes import ClassImages
 
-__all__ = ["load_miniimagenet"]
+__all__ = ["load_miniimagenet", "check_miniimagenet_source"]
 
 SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 84
@@ -120,6 +120,23 @@ def load_miniimagenet(
             unreadable or inconsistent.
     """
     call = f"load_miniimagenet(split={split!r})"
+    kind, path = _locate(call, root, split)
+    if kind == "pickle":
+        return _load_pickle(call, path)
+    return _load_csv(call, path, path.parent / "images", progress)
+
+
+def check_miniimagenet_source(root: str | os.PathLike[str] | None, splits=SPLITS) -> None:
+    """Cheap check before any work: each split's files are where :func:`load_miniimagenet` looks.
+
+    Only looks for the files (nothing is read). Raises ``DataError`` naming the expected files.
+    """
+    for split in splits:
+        _locate(f"load_miniimagenet(split={split!r})", root, split)
+
+
+def _locate(call: str, root, split: str) -> tuple[str, Path]:
+    """``("pickle", path)`` or ``("csv", path)`` of ``split``; raises ``DataError`` if neither is found."""
     if split not in SPLITS:
         raise ValueError(f"{call}: expected split in {SPLITS}, got {split!r}")
     base = resolve_data_root(root)
@@ -127,10 +144,10 @@ def load_miniimagenet(
     for folder in folders:
         pkl = folder / f"mini-imagenet-cache-{split}.pkl"
         if pkl.is_file():
-            return _load_pickle(call, pkl)
+            return "pickle", pkl
         csv_path = folder / f"{split}.csv"
         if csv_path.is_file() and (folder / "images").is_dir():
-            return _load_csv(call, csv_path, folder / "images", progress)
+            return "csv", csv_path
     looked = ", ".join(str(f) for f in folders)
     raise DataError(
         f"{call}: no mini-ImageNet data found (looked in {looked}). Expected either "

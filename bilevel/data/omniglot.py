@@ -34,16 +34,17 @@ from tqdm.auto import tqdm
 from ._common import (
     DataError,
     atomic_torch_save,
-    check_int,
     dir_is_writable,
     resolve_data_root,
     temp_path_beside,
     user_cache_dir,
 )
+from ..validation import check_int
 from .episodes import ClassImages
 
 __all__ = [
     "load_omniglot",
+    "check_omniglot_source",
     "omniglot_splits",
     "OmniglotSplits",
     "resolve_data_root",
@@ -301,6 +302,45 @@ def _write_cache(candidates: list[Path], payload: dict[str, Any]) -> Path | None
 # --------------------------------------------------------------------------- public API
 
 
+def _check_source(call: str, root: Path, download: bool) -> tuple[Path, list[str]]:
+    """(folder, missing archives) after the cheap checks of :func:`check_omniglot_source`."""
+    folder, missing = _find_archives(root)
+    for name in ARCHIVES:
+        path = folder / f"{name}.zip"
+        if path.is_file():
+            _open_archive(path).close()  # reads the central directory only
+    if missing and not download:
+        raise DataError(
+            f"{call}(data_root={str(root)!r}, download=False): {' and '.join(missing)} not found "
+            f"in {root / 'omniglot'} or {root}. " + _how_to_get(folder)
+        )
+    if missing:
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not dir_is_writable(existing):
+            raise DataError(
+                f"{call}(data_root={str(root)!r}): {' and '.join(missing)} not found in "
+                f"{root / 'omniglot'} or {root}, and {existing} is read-only, so they cannot be "
+                "downloaded there. " + _how_to_get(folder)
+            )
+    return folder, missing
+
+
+def check_omniglot_source(data_root: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
+    """Cheap checks before any work; returns the folder that holds (or will hold) the archives.
+
+    Each archive present must open as a zip (its central directory is read; the content is
+    checked by :func:`load_omniglot`); missing ones must be downloadable (``download`` and a
+    writable folder). Nothing is downloaded or decoded.
+
+    Raises:
+        DataError: an archive is corrupt, or missing and cannot be downloaded; the message names
+            the file and the fix.
+    """
+    return _check_source("load_omniglot", resolve_data_root(data_root), download)[0]
+
+
 def load_omniglot(
     data_root: str | os.PathLike[str] | None = None,
     download: bool = True,
@@ -344,16 +384,11 @@ def load_omniglot(
         DataError: archives missing (and not downloadable), truncated, corrupt or incomplete.
     """
     call = "load_omniglot"
-    check_int(call, "image_size", image_size, minimum=1, fix="use e.g. image_size=28")
-    check_int(call, "expected_characters", expected_characters, minimum=1, fix="keep the default 1623")
-    check_int(call, "drawings", drawings, minimum=1, fix="keep the default 20")
+    check_int(call, "image_size", image_size, minimum=1, fix="Use e.g. image_size=28.")
+    check_int(call, "expected_characters", expected_characters, minimum=1, fix="Keep the default 1623.")
+    check_int(call, "drawings", drawings, minimum=1, fix="Keep the default 20.")
     root = resolve_data_root(data_root)
-    folder, missing = _find_archives(root)
-    if missing and not download:
-        raise DataError(
-            f"{call}(data_root={str(root)!r}, download=False): {' and '.join(missing)} not found "
-            f"in {root / 'omniglot'} or {root}. " + _how_to_get(folder)
-        )
+    folder, missing = _check_source(call, root, download)
     if missing:
         _download_missing(root, folder, missing, progress)
     paths = {a: folder / f"{a}.zip" for a in ARCHIVES}
@@ -427,8 +462,8 @@ def omniglot_splits(
         )
     if any(data.rotations):
         raise ValueError(f"{call}(data=...): expected unrotated characters; pass load_omniglot()'s output")
-    check_int(call, "num_train", num_train, minimum=1, fix="keep the default 1200")
-    check_int(call, "num_val", num_val, minimum=0, fix="keep the default 100")
+    check_int(call, "num_train", num_train, minimum=1, fix="Keep the default 1200.")
+    check_int(call, "num_val", num_val, minimum=0, fix="Keep the default 100.")
     if not num_val < num_train <= len(data):
         raise ValueError(
             f"{call}(num_train={num_train}, num_val={num_val}): expected num_val < num_train <= "

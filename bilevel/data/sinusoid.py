@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import check_int
+from ..validation import check_int
 from .episodes import EpisodeBatch
 
 __all__ = ["SinusoidTasks", "SinusoidParams"]
@@ -71,9 +71,9 @@ class SinusoidTasks:
         self.amplitude = _check_range(call, "amplitude", amplitude, strict=False)
         self.phase = _check_range(call, "phase", phase, strict=False)
         self.x_range = _check_range(call, "x_range", x_range, strict=True)
-        self.shots = check_int(call, "shots", shots, minimum=1, fix="use --shots >= 1")
-        self.queries = check_int(call, "queries", queries, minimum=1, fix="use --queries >= 1")
-        self.seed = check_int(call, "seed", seed, minimum=0, fix="pass a non-negative integer seed")
+        self.shots = check_int(call, "shots", shots, minimum=1, fix="Use --shots >= 1.")
+        self.queries = check_int(call, "queries", queries, minimum=1, fix="Use --queries >= 1.")
+        self.seed = check_int(call, "seed", seed, minimum=0, fix="Pass a non-negative integer seed.")
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"{call}(dtype={dtype!r}): expected a floating torch.dtype")
         self.dtype = dtype
@@ -102,7 +102,7 @@ class SinusoidTasks:
     ) -> EpisodeBatch | tuple[EpisodeBatch, SinusoidParams]:
         """Draw ``meta_batch`` tasks; see the class docstring for shapes."""
         b = check_int(
-            "SinusoidTasks.sample", "meta_batch", meta_batch, minimum=1, fix="use --meta-batch >= 1"
+            "SinusoidTasks.sample", "meta_batch", meta_batch, minimum=1, fix="Use --meta-batch >= 1."
         )
         amp = self._uniform((b,), *self.amplitude)
         phase = self._uniform((b,), *self.phase)

@@ -8,6 +8,7 @@ adapted parameters on a query set (classification accuracy, or regression MSE).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -15,7 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..data import EpisodeSampler, SinusoidTasks, load_miniimagenet, load_omniglot, omniglot_splits
+from ..data import (DataError, EpisodeSampler, SinusoidTasks, check_miniimagenet_source, check_omniglot_source,
+                    load_miniimagenet, load_omniglot, omniglot_splits)
+from ..meta import model_loss
 from .models import Conv4, SinusoidMLP
 
 __all__ = ["BENCHMARKS", "Benchmark", "make_benchmark", "SPLIT_SEED_OFFSET"]
@@ -55,15 +58,15 @@ class Benchmark:
     def sampler(self, split: str, seed: int):
         raise NotImplementedError
 
+    @classmethod
+    def check_data(cls, data_root: str | None) -> None:
+        """Cheap checks of the data before any work (nothing is loaded): raise ``DataError`` or
+        ``ValueError`` naming the file or folder and the fix."""
+
     # --- shared
     def task_loss(self, model: nn.Module):
         """``(params, (x, y)) -> loss``, the loss both levels use."""
-
-        def loss(params, batch):
-            x, y = batch
-            return self.criterion(functional_call(model, params, (x,)), y)
-
-        return loss
+        return model_loss(model, self.criterion)
 
     def outputs(self, model: nn.Module):
         """``(params, x) -> model(x; params)``: with :meth:`criterion`, the pieces of :meth:`task_loss`."""
@@ -106,6 +109,11 @@ class OmniglotBenchmark(Benchmark):
 
     default_net: ClassVar[str] = "strided"  # MAML's and the official iMAML code's Omniglot net
 
+    @classmethod
+    def check_data(cls, data_root):
+        _check_folder(data_root, "create it first to have the two archives downloaded into it")
+        check_omniglot_source(data_root)
+
     def build_model(self):
         return Conv4(self.ways, in_channels=1, image_size=28, net=self.net or self.default_net, init=self.init)
 
@@ -123,16 +131,33 @@ class MiniImageNetBenchmark(Benchmark):
         return Conv4(self.ways, in_channels=3, channels=32, image_size=84, net=self.net or self.default_net,
                      init=self.init)
 
+    @classmethod
+    def check_data(cls, data_root):
+        if data_root is None:
+            raise ValueError(_MINIIMAGENET_ROOT)
+        _check_folder(data_root, "mini-ImageNet cannot be downloaded automatically; see docs/data.md")
+        check_miniimagenet_source(data_root)
+
     def sampler(self, split, seed):
         if self.data_root is None:
-            raise ValueError("--benchmark miniimagenet needs --data-root pointing at the split files "
-                             "(see docs/data.md); they cannot be downloaded automatically.")
+            raise ValueError(_MINIIMAGENET_ROOT)
         if self._splits is None:
             self._splits = {}
         if split not in self._splits:  # validation asks for its sampler again and again
             self._splits[split] = load_miniimagenet(self.data_root, split)
         return EpisodeSampler(self._splits[split], self.ways, self.shots, self.queries,
                               seed=seed + SPLIT_SEED_OFFSET[split])
+
+
+_MINIIMAGENET_ROOT = ("--benchmark miniimagenet needs --data-root pointing at the split files (see docs/data.md); "
+                      "they cannot be downloaded automatically.")
+
+
+def _check_folder(data_root: str | None, hint: str) -> None:
+    """A ``--data-root`` given but not a folder is most likely a typo: say so before any download."""
+    if data_root is not None and not Path(data_root).expanduser().is_dir():
+        what = "is a file" if Path(data_root).expanduser().exists() else "does not exist"
+        raise DataError(f"--data-root {data_root!r} {what}; give the folder that holds the data ({hint})")
 
 
 BENCHMARKS = {"sinusoid": SinusoidBenchmark, "omniglot": OmniglotBenchmark, "miniimagenet": MiniImageNetBenchmark}

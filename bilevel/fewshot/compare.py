@@ -1,57 +1,141 @@
 """Train and evaluate several methods on one benchmark, side by side.
 
-Each method trains in its own process (``python -m bilevel train``), so that its peak memory
-is its own; the table (accuracy or MSE with a 95% interval, seconds per iteration, peak
-memory) is printed and written as ``compare.md`` and ``compare.csv``, with the learning
-curves in ``learning_curves.png``.
+Each run trains and evaluates in its own fresh process (``multiprocessing``, spawned), so that
+its peak memory is its own; the process receives the run's resolved :class:`TrainConfig`
+itself, never a command line. The table (accuracy or MSE with a 95% interval, seconds per
+iteration, peak memory) is printed and written as ``compare.md`` and ``compare.csv``, with the
+learning curves in ``learning_curves.png``.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import multiprocessing
 import os
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["compare", "run_one", "run_many", "format_table", "plot_learning_curves", "write_outputs"]
+from .config import TrainConfig, inapplicable, load_config, resolve
+
+__all__ = ["compare", "run_one", "run_many", "run_configs", "format_table", "plot_learning_curves", "write_outputs",
+           "describe_training", "describe_evaluation"]
 
 
-def _run(args: list[str], quiet: bool = False, env: dict | None = None) -> None:
-    cmd = [sys.executable, "-m", "bilevel", *args]
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else None, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd[2:])}` failed with exit code {proc.returncode}")
+def run_configs(runs: dict[str, dict], shared: dict) -> dict[str, TrainConfig]:
+    """One resolved config per run: ``shared`` settings plus the run's own (which win).
 
-
-def run_one(name: str, run_dir: Path, train_args: list[str], eval_tasks: int | None = None,
-            resume: bool = False, quiet: bool = False, env: dict | None = None) -> dict:
-    """Train (``train_args`` name the method) and evaluate one run in ``run_dir``; its table row.
-
-    With ``resume``, a run that finished training (``summary.json`` at the asked number of
-    iterations) is kept, an unfinished one continues from its checkpoint, and an existing
-    evaluation of the same checkpoint is reused.
+    A shared setting that a run does not use (``--lam`` for ``maml``) is dropped for that run;
+    one that no run uses raises ``ValueError``, as does any invalid setting: before any work.
     """
-    quiet_flag = ["--quiet"] if quiet else []
-    summary_path = run_dir / "summary.json"
-    done = resume and summary_path.exists() and _asked_iterations(train_args) in (
-        None, json.loads(summary_path.read_text())["iterations"])
-    if done:
-        pass
-    elif resume and (run_dir / "checkpoint.pt").exists():
-        iterations = _asked_iterations(train_args)
-        _run(["train", "--resume", str(run_dir), *quiet_flag]
-             + (["--iterations", str(iterations)] if iterations else []), quiet, env)
-    else:
-        _run(["train", "--out", str(run_dir), *train_args, *quiet_flag], quiet, env)
-    summary = json.loads(summary_path.read_text())
-    evaluation_path = run_dir / "evaluation-test.json"
-    stale = not evaluation_path.exists() or json.loads(evaluation_path.read_text())["iteration"] != summary["iterations"]
-    if not resume or stale or (eval_tasks and json.loads(evaluation_path.read_text())["tasks"] != eval_tasks):
-        _run(["evaluate", str(run_dir), "--quiet"] + (["--tasks", str(eval_tasks)] if eval_tasks else []), quiet, env)
-    evaluation = json.loads(evaluation_path.read_text())
+    configs, unused = {}, set(shared)
+    for name, own in runs.items():
+        asked = TrainConfig(**{**shared, **own})
+        skip = {k: m for k, m in inapplicable(asked).items() if k not in own}
+        unused -= set(shared) - set(skip)
+        configs[name] = resolve(dataclasses.replace(asked, **{k: None for k in skip}))
+    if unused:
+        name = sorted(unused)[0]
+        message = inapplicable(TrainConfig(**{**shared, **next(iter(runs.values()))}))[name]
+        raise ValueError(f"{message} (no run of this comparison uses it)")
+    return configs
+
+
+def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
+    """A run kept by ``resume`` must have been asked with the same settings (``iterations`` aside)."""
+    if not (run_dir / "config.json").exists():
+        return
+    saved = resolve(load_config(run_dir / "config.json"))
+    differ = [f"--{f.name.replace('_', '-')} {getattr(config, f.name)} (saved: {getattr(saved, f.name)})"
+              for f in dataclasses.fields(TrainConfig)
+              if f.name not in ("iterations", "lam_effective") and getattr(config, f.name) != getattr(saved, f.name)]
+    if differ:
+        raise ValueError(f"--resume: {run_dir} was trained with other settings: asked {'; '.join(differ)}; "
+                         "use another --out, or ask for the saved settings")
+
+
+def describe_training(summary: dict, out) -> str:
+    """The line printed when a run ends (``bilevel train``, ``bilevel compare``)."""
+    spi = summary["seconds_per_iteration"]
+    return (f"trained {summary['method']} on {summary['benchmark']} for {summary['iterations']} iterations"
+            + (f" ({spi:.3f} s/iteration)" if spi else "") + f"; run saved in {out}")
+
+
+def describe_evaluation(r: dict) -> str:
+    """The line printed for an evaluation (``bilevel evaluate``, ``bilevel compare``)."""
+    scale, unit = (100.0, "%") if r["metric"] == "accuracy" else (1.0, "")
+    return (f"{r['method']} {r['benchmark']} {r['split']} {r['metric']}: {scale * r['mean']:.2f}{unit} "
+            f"+- {scale * r['ci95']:.2f}{unit} (95% CI over {r['tasks']} tasks, iteration {r['iteration']})")
+
+
+def _plan(run_dir: Path, config: TrainConfig, eval_tasks: int | None, resume: bool) -> tuple[str | None, bool]:
+    """``(training, evaluate)``: training is ``"new"``, ``"resume"`` or ``None`` (the run is done)."""
+    summary_path, evaluation_path = run_dir / "summary.json", run_dir / "evaluation-test.json"
+    if not resume:
+        return "new", True
+    if not (summary_path.exists() and json.loads(summary_path.read_text())["iterations"] == config.iterations):
+        return ("resume" if (run_dir / "checkpoint.pt").exists() else "new"), True
+    if not evaluation_path.exists():
+        return None, True
+    previous = json.loads(evaluation_path.read_text())
+    stale = previous["iteration"] != config.iterations or (eval_tasks and previous["tasks"] != eval_tasks)
+    return None, bool(stale)
+
+
+def _train_and_evaluate(config: TrainConfig, run_dir: Path, training: str | None, evaluate_run: bool,
+                        eval_tasks: int | None, quiet: bool, threads: int | None) -> None:
+    """The child process: train (``"new"``), continue (``"resume"``) or keep the run, then evaluate it."""
+    if threads is not None:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # for anything this process starts
+        torch.set_num_threads(threads)
+    from ..data import DataError
+    from .trainer import evaluate, train
+
+    try:
+        if training is not None:
+            if training == "resume":
+                summary = train(None, run_dir, resume=True, iterations=config.iterations, progress=not quiet)
+            else:
+                summary = train(config, run_dir, progress=not quiet)
+            if not quiet:
+                print(describe_training(summary, run_dir))
+        if evaluate_run:
+            result = evaluate(run_dir, tasks=eval_tasks, progress=False)
+            if not quiet:
+                print(describe_evaluation(result))
+    except (ValueError, DataError, RuntimeError) as exc:
+        print(f"bilevel compare: {run_dir}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_one(name: str, run_dir: Path, config: TrainConfig, eval_tasks: int | None = None, resume: bool = False,
+            quiet: bool = False, threads: int | None = None) -> dict:
+    """Train and evaluate the resolved ``config`` in ``run_dir``, in a fresh process; its table row.
+
+    With ``resume``, a run that finished training (``summary.json`` at ``config.iterations``) is
+    kept, an unfinished one continues from its checkpoint, and an existing evaluation of the same
+    checkpoint is reused (then no process is started). ``threads`` sets the child's
+    ``OMP_NUM_THREADS`` and torch threads.
+    """
+    run_dir = Path(run_dir)
+    training, evaluate_run = _plan(run_dir, config, eval_tasks, resume)
+    if training is not None or evaluate_run:
+        process = multiprocessing.get_context("spawn").Process(
+            target=_train_and_evaluate, args=(config, run_dir, training, evaluate_run, eval_tasks, quiet, threads),
+            name=f"bilevel-{name}")
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            raise RuntimeError(f"{name}: training or evaluation in {run_dir} failed (exit code {process.exitcode}); "
+                               "see the message above")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    evaluation = json.loads((run_dir / "evaluation-test.json").read_text())
     return {**summary, "method": name, **{k: evaluation[k] for k in ("metric", "mean", "ci95", "tasks")},
             "run_dir": str(run_dir), "inner_grad_norm": _late_mean(run_dir, "stats_inner_grad_norm")}
 
@@ -63,33 +147,38 @@ def _late_mean(run_dir: Path, key: str, last: int = 100) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _asked_iterations(train_args: list[str]) -> int | None:
-    return int(train_args[train_args.index("--iterations") + 1]) if "--iterations" in train_args else None
-
-
-def run_many(runs: list[tuple[str, Path, list[str]]], eval_tasks: int | None = None, resume: bool = False,
+def run_many(runs: list[tuple[str, Path, TrainConfig]], eval_tasks: int | None = None, resume: bool = False,
              jobs: int = 1, quiet: bool = False) -> list[dict]:
-    """:func:`run_one` for each ``(name, run_dir, train_args)``, ``jobs`` processes at a time
+    """:func:`run_one` for each ``(name, run_dir, config)``, ``jobs`` processes at a time
     (more than one pays on a GPU or a many-core CPU). With several, each child gets
-    ``OMP_NUM_THREADS = cores // jobs`` unless the variable is set."""
-    if jobs < 1:
-        raise ValueError(f"--jobs must be a positive integer, got {jobs}")
-    env = None
+    ``OMP_NUM_THREADS = cores // jobs`` unless the variable is set.
+
+    Every config is resolved, and with ``resume`` checked against the run it would continue,
+    before any run starts. The children are spawned (``multiprocessing``), so a script that
+    calls this must do so under ``if __name__ == "__main__":``.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"--jobs must be a positive integer, got {jobs!r}")
+    runs = [(name, Path(run_dir), resolve(config)) for name, run_dir, config in runs]
+    if resume:
+        for _, run_dir, config in runs:
+            _check_resumable(run_dir, config)
+    threads = None
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         # Several multi-threaded torch processes on the same cores slow each other down many times over.
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+        threads = max(1, (os.cpu_count() or 1) // jobs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_one, name, run_dir, args, eval_tasks, resume, quiet, env)
-                   for name, run_dir, args in runs]
+        futures = [pool.submit(run_one, name, run_dir, config, eval_tasks, resume, quiet, threads)
+                   for name, run_dir, config in runs]
         return [f.result() for f in futures]
 
 
-def compare(methods: list[str], out: Path, train_args: list[str], eval_tasks: int | None = None,
-            resume: bool = False, jobs: int = 1) -> list[dict]:
-    """Train and evaluate each method under ``out/<method>``; write the table, CSV and plot."""
+def compare(configs: dict[str, TrainConfig], out: Path, eval_tasks: int | None = None, resume: bool = False,
+            jobs: int = 1) -> list[dict]:
+    """Train and evaluate each ``{method: config}`` under ``out/<method>``; write the table, CSV and plot."""
+    runs = [(m, out / m, config) for m, config in configs.items()]
+    rows = run_many(runs, eval_tasks, resume, jobs)  # checks every config before out/ is made
     out.mkdir(parents=True, exist_ok=True)
-    runs = [(m, out / m, ["--method", m, *train_args]) for m in methods]
-    rows = run_many(runs, eval_tasks, resume, jobs)
     write_outputs(rows, out)
     return rows
 

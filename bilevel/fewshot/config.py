@@ -1,9 +1,13 @@
 """The resolved configuration of a few-shot run: every setting explicit, saved as JSON.
 
-Unset fields (``None``) are filled by :func:`resolve` from the benchmark, the method and the
-protocol, with the iMAML paper's defaults: lambda = 2.0, 5 CG steps, 16 inner steps for 5-way
-and 25 for 20-way Omniglot, inner learning rate 0.1, Adam with learning rate 1e-3 and
-meta-batch 32.
+Every default lives here, in four tables read from the most to the least specific:
+``_PROTOCOL_DEFAULTS`` (the protocol), ``_METHOD_DEFAULTS`` (a method on a benchmark, paper
+protocol only), ``_BENCHMARK_DEFAULTS`` and ``DEFAULTS`` (every run). :func:`resolve` fills each
+unset field (``None``) with the first value found, in field order, so a :class:`Rule` may read
+the fields above it (``inner_steps`` reads ``ways``). The command line's flags default to
+``None`` and their help states these tables (:func:`describe_default`). The iMAML paper's
+defaults: lambda = 2.0, 5 CG steps, 16 inner steps for 5-way and 25 for 20-way Omniglot, inner
+learning rate 0.1, Adam with learning rate 1e-3 and meta-batch 32.
 
 Two protocols for iMAML (docs/reproduction.md):
 
@@ -23,80 +27,118 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..hvp import HVP_MODES
+from ..validation import check_int
 from .benchmarks import BENCHMARKS
 from .models import INITS, NETS
 from .methods import BACKENDS, METHODS
 
-__all__ = ["TrainConfig", "resolve", "load_config", "save_config", "PROTOCOLS", "LAM_SCALES"]
+__all__ = ["TrainConfig", "resolve", "load_config", "save_config", "describe_default", "inapplicable", "Rule",
+           "DEFAULTS", "PROTOCOLS", "LAM_SCALES", "CURVATURES", "CG_ON_NEGATIVE", "VECTORIZE", "ON_SOLVER_FAILURE"]
 
 PROTOCOLS = ("paper", "official")
 LAM_SCALES = ("mean", "sum")
-DEFAULT_LAM_SCALE = "sum"  # lambda = 2 learns only in this reading: docs/reproduction.md
-_PROTOCOL_DEFAULTS = {
-    "paper": dict(cg_damping=0.0, outer_eps=1e-8, init="torch"),
-    "official": dict(cg_damping=1.0, outer_eps=1e-3, init="official", lam_scale="mean"),
-}
+CURVATURES = ("hessian", "gauss-newton")
+CG_ON_NEGATIVE = ("continue", "stop")
+VECTORIZE = ("auto", "on", "off")
+ON_SOLVER_FAILURE = ("warn", "skip-task", "stop")
 
 
 @dataclass
 class TrainConfig:
-    benchmark: str = "sinusoid"
-    method: str = "imaml-gd"
-    protocol: str = "paper"
+    """Every setting of a run; ``None`` is unset (filled by :func:`resolve` from the tables below)."""
+
+    benchmark: str | None = None
+    method: str | None = None
+    protocol: str | None = None
     ways: int | None = None
     shots: int | None = None
     queries: int | None = None
-    backend: str | None = None
+    backend: str | None = None  # None: the method's own
     inner_steps: int | None = None
     inner_lr: float | None = None
     lam: float | None = None
     lam_scale: str | None = None
     lam_effective: float | None = None  # derived by resolve(): the lambda on the computed (mean) loss
-    cg_steps: int = 5
+    cg_steps: int | None = None
     cg_damping: float | None = None
-    cg_on_negative: str = "continue"
-    curvature: str = "hessian"
+    cg_on_negative: str | None = None
+    curvature: str | None = None
     hf_steps: int | None = None
-    hf_cg_steps: int = 5
+    hf_cg_steps: int | None = None
     truncate_steps: int | None = None
-    outer_lr: float = 1e-3
+    outer_lr: float | None = None
     outer_eps: float | None = None
     net: str | None = None
     init: str | None = None
     meta_batch: int | None = None
-    chunk_size: int | None = None
-    vectorize: str = "auto"
-    # Reverse-over-reverse: 3x faster than forward-over-reverse for these nets on a CPU here
-    # (sinusoid, 25 tasks: 0.024 vs 0.065 s per iMAML-GD meta-gradient).
-    hvp_mode: str = "reverse-over-reverse"
+    chunk_size: int | None = None  # None: all tasks at once
+    vectorize: str | None = None
+    hvp_mode: str | None = None
     iterations: int | None = None
     val_every: int | None = None
-    val_tasks: int = 100
+    val_tasks: int | None = None
     checkpoint_every: int | None = None
-    eval_tasks: int = 600
-    seed: int = 0
-    device: str = "auto"
-    data_root: str | None = None
+    eval_tasks: int | None = None
+    seed: int | None = None
+    device: str | None = None
+    data_root: str | None = None  # None: $BILEVEL_DATA, else the user cache
+    on_solver_failure: str | None = None  # read by the trainer: a task whose linear solve fails
+    deterministic: bool | None = None  # deterministic GPU kernels (docs/reliability.md)
 
 
-_DEFAULTS = {
-    # per benchmark, for the fields left unset
-    "sinusoid": dict(ways=1, shots=10, queries=10, inner_lr=0.02, meta_batch=25, iterations=500, val_every=100,
-                     hf_steps=2),
-    "omniglot": dict(ways=5, shots=1, queries=5, inner_lr=0.1, meta_batch=32, iterations=20000, val_every=500,
-                     hf_steps=5),
-    "miniimagenet": dict(ways=5, shots=1, queries=15, inner_lr=0.01, meta_batch=4, iterations=60000, val_every=1000,
-                         hf_steps=5),
+@dataclass(frozen=True)
+class Rule:
+    """A default computed from the fields resolved before it; ``None``: no default at this level."""
+
+    fn: Callable[[TrainConfig], Any]
+    text: str  # the rule in words, for the command line's help
+
+
+def _conv_inner_steps(c: TrainConfig) -> int:
+    return 16 if c.ways <= 5 else 25  # the iMAML paper: 5-way and 20-way Omniglot
+
+
+def _half_inner_steps(c: TrainConfig) -> int | None:
+    backend = c.backend or METHODS[c.method].backend
+    return max(1, c.inner_steps // 2) if backend == "truncated" else None
+
+
+# Every run, unless a more specific table says otherwise.
+DEFAULTS: dict[str, Any] = dict(
+    benchmark="sinusoid", method="imaml-gd", protocol="paper",
+    lam=2.0, lam_scale="sum",  # lambda = 2 learns only summed: docs/reproduction.md
+    cg_steps=5, cg_damping=0.0, cg_on_negative="continue", curvature="hessian", hf_cg_steps=5,
+    truncate_steps=Rule(_half_inner_steps, "half of --inner-steps"),
+    outer_lr=1e-3, outer_eps=1e-8, init="torch", vectorize="auto",
+    # Reverse-over-reverse: 3x faster than forward-over-reverse for these nets on a CPU here
+    # (sinusoid, 25 tasks: 0.024 vs 0.065 s per iMAML-GD meta-gradient).
+    hvp_mode="reverse-over-reverse",
+    val_tasks=100, checkpoint_every=Rule(lambda c: c.val_every, "--val-every"), eval_tasks=600, seed=0,
+    device="auto", on_solver_failure="warn", deterministic=False,
+)
+DEFAULT_LAM_SCALE = DEFAULTS["lam_scale"]
+
+_CONV_INNER_STEPS = Rule(_conv_inner_steps, "16 up to 5 ways, 25 above")
+_BENCHMARK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sinusoid": dict(ways=1, shots=10, queries=10, inner_steps=5, inner_lr=0.02, hf_steps=2, meta_batch=25,
+                     iterations=500, val_every=100),
+    "omniglot": dict(ways=5, shots=1, queries=5, inner_steps=_CONV_INNER_STEPS, inner_lr=0.1, hf_steps=5,
+                     net=BENCHMARKS["omniglot"].default_net, meta_batch=32, iterations=20000, val_every=500),
+    "miniimagenet": dict(ways=5, shots=1, queries=15, inner_steps=_CONV_INNER_STEPS, inner_lr=0.01, hf_steps=5,
+                         net=BENCHMARKS["miniimagenet"].default_net, meta_batch=4, iterations=60000,
+                         val_every=1000),
 }
 
-
-# Per benchmark and method, chosen on validation tasks (never test): the sinusoid grid of
-# benchmarks/tune_sinusoid.py, whose log and choices are in docs/results/sinusoid-tuning/.
-_METHOD_DEFAULTS: dict[str, dict[str, dict]] = {
+# Per benchmark and method (paper protocol), chosen on validation tasks (never test): the sinusoid
+# grid of benchmarks/tune_sinusoid.py, whose log and choices are in docs/results/sinusoid-tuning/.
+_METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "sinusoid": {
         "maml": dict(inner_lr=0.02, inner_steps=5),
         "fomaml": dict(inner_lr=0.02, inner_steps=5),
@@ -106,23 +148,79 @@ _METHOD_DEFAULTS: dict[str, dict[str, dict]] = {
     },
 }
 
+_PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "official": dict(queries=Rule(lambda c: c.shots if c.benchmark != "sinusoid" else None, "--shots on images"),
+                     lam_scale="mean", cg_damping=1.0, outer_eps=1e-3, init="official"),
+}
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+# What an unset field means where no table sets it, for the help.
+_UNSET = {"backend": "the method's own", "chunk_size": "all tasks at once",
+          "data_root": "$BILEVEL_DATA, else ~/.cache/bilevel", "net": "n/a on sinusoid"}
+_SELECTORS = ("benchmark", "method", "protocol")  # resolved first: they choose the tables
+
+
+def _tables(c: TrainConfig) -> list[dict[str, Any]]:
+    """The default tables that apply to ``c``, the most specific first."""
+    method = _METHOD_DEFAULTS.get(c.benchmark, {}).get(c.method, {}) if c.protocol == "paper" else {}
+    return [_PROTOCOL_DEFAULTS[c.protocol], method, _BENCHMARK_DEFAULTS[c.benchmark], DEFAULTS]
+
+
+def _default(c: TrainConfig, name: str) -> Any:
+    for table in _tables(c):
+        value = table.get(name)
+        if isinstance(value, Rule):
+            value = value.fn(c)
+        if value is not None:
+            return value
+    return None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        if name in (*_SELECTORS, "backend"):
+            raise ValueError(f"unknown {_flag(name)} {value!r}; choose one of {', '.join(sorted(choices))}")
+        raise ValueError(f"{_flag(name)} must be one of {', '.join(choices)}; got {value!r}")
+
+
+# Integer fields: (smallest value, the fix when smaller).
+_INTS = {
+    "ways": (1, None), "shots": (1, None), "queries": (1, None), "inner_steps": (1, None), "cg_steps": (1, None),
+    "hf_steps": (1, None), "hf_cg_steps": (1, None), "meta_batch": (1, None), "iterations": (1, None),
+    "val_every": (1, None), "val_tasks": (2, "A 95% interval needs at least 2 tasks."),
+    "checkpoint_every": (1, None), "eval_tasks": (2, "A 95% interval needs at least 2 tasks."),
+    "seed": (0, None), "chunk_size": (1, None), "truncate_steps": (1, None),
+}
+_POSITIVE = ("inner_lr", "outer_lr", "lam", "outer_eps")
+
+
+def _check_ints(c: TrainConfig) -> None:
+    try:
+        for name, (minimum, fix) in _INTS.items():
+            if getattr(c, name) is not None:
+                check_int(None, _flag(name), getattr(c, name), minimum=minimum, fix=fix)
+    except TypeError as exc:  # a wrong type in a config file is a bad value like any other
+        raise ValueError(str(exc)) from None
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
-    """Fill defaults and validate; raises ``ValueError`` with a one-line message on bad settings."""
+    """Fill defaults and validate; raises ``ValueError`` with a one-line message on bad settings.
+
+    Idempotent: a resolved config resolves to itself (``lam_effective`` is recomputed).
+    """
     c = dataclasses.replace(config)
-    if c.benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown --benchmark {c.benchmark!r}; choose one of {sorted(BENCHMARKS)}")
-    if c.method not in METHODS:
-        raise ValueError(f"unknown --method {c.method!r}; choose one of {sorted(METHODS)}")
-    if c.backend is not None and c.backend not in BACKENDS:
-        raise ValueError(f"unknown --backend {c.backend!r}; choose one of {sorted(BACKENDS)}")
-    if c.protocol not in PROTOCOLS:
-        raise ValueError(f"unknown --protocol {c.protocol!r}; choose one of {PROTOCOLS}")
+    for name in _SELECTORS:
+        if getattr(c, name) is None:
+            setattr(c, name, DEFAULTS[name])
+    _check_choice("benchmark", c.benchmark, BENCHMARKS)
+    _check_choice("method", c.method, METHODS)
+    _check_choice("protocol", c.protocol, PROTOCOLS)
+    if c.backend is not None:
+        _check_choice("backend", c.backend, BACKENDS)
     if c.protocol == "official":
         if c.method != "imaml-gd":
             raise ValueError(f"--protocol official is the released iMAML-GD code; it does not apply to "
@@ -132,59 +230,130 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if c.lam_scale not in (None, "mean"):
             raise ValueError("--protocol official uses lambda on the mean support loss, as the released code; "
                              "leave --lam-scale unset")
-        if c.queries is None and c.benchmark != "sinusoid":
-            c.queries = c.shots if c.shots is not None else _DEFAULTS[c.benchmark]["shots"]
-    method_defaults = _METHOD_DEFAULTS.get(c.benchmark, {}).get(c.method, {}) if c.protocol == "paper" else {}
-    for key, value in {"lam": 2.0, **_DEFAULTS[c.benchmark], **method_defaults,
-                       **_PROTOCOL_DEFAULTS[c.protocol]}.items():
-        if getattr(c, key) is None:
-            setattr(c, key, value)
-    if c.lam_scale is None:
-        c.lam_scale = DEFAULT_LAM_SCALE
-    if c.lam_scale not in LAM_SCALES:
-        raise ValueError(f"--lam-scale must be one of {LAM_SCALES}, got {c.lam_scale!r}")
-    if c.net is None:
-        c.net = BENCHMARKS[c.benchmark].default_net
-    elif c.benchmark == "sinusoid":
-        raise ValueError("--net applies to the conv benchmarks (omniglot, miniimagenet); leave it unset")
-    elif c.net not in NETS:
-        raise ValueError(f"--net must be one of {NETS}, got {c.net!r}")
-    if c.init not in INITS:
-        raise ValueError(f"--init must be one of {INITS}, got {c.init!r}")
-    if c.curvature not in ("hessian", "gauss-newton"):
-        raise ValueError(f"--curvature must be hessian or gauss-newton, got {c.curvature!r}")
-    if c.cg_on_negative not in ("continue", "stop"):
-        raise ValueError(f"--cg-on-negative must be continue or stop, got {c.cg_on_negative!r}")
-    if c.benchmark == "sinusoid" and c.ways != 1:
+    if c.benchmark == "sinusoid" and c.ways not in (None, 1):
         raise ValueError("--ways does not apply to sinusoid regression (it has one output); leave it unset")
-    if c.inner_steps is None:
-        c.inner_steps = 5 if c.benchmark == "sinusoid" else (16 if c.ways <= 5 else 25)
-    if c.checkpoint_every is None:
-        c.checkpoint_every = c.val_every
-    for name in ("ways", "shots", "queries", "inner_steps", "cg_steps", "hf_steps", "hf_cg_steps", "meta_batch",
-                 "iterations", "val_every", "val_tasks", "checkpoint_every", "eval_tasks"):
-        _positive_int(name, getattr(c, name))
+    if c.benchmark == "sinusoid" and c.net is not None:
+        raise ValueError("--net applies to the conv benchmarks (omniglot, miniimagenet); leave it unset")
+    _check_ints(c)  # the given ones, before a rule reads them
+    for field in dataclasses.fields(c):
+        if field.name not in _SELECTORS and field.name != "lam_effective" and getattr(c, field.name) is None:
+            setattr(c, field.name, _default(c, field.name))
+    _check_ints(c)
     if c.benchmark != "sinusoid" and c.ways < 2:
         raise ValueError(f"--ways must be at least 2 for classification, got {c.ways}")
-    for name in ("inner_lr", "outer_lr", "lam", "outer_eps"):
-        value = getattr(c, name)
-        if not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value!r}")
-    if not isinstance(c.cg_damping, (int, float)) or not c.cg_damping >= 0:
-        raise ValueError(f"--cg-damping must be >= 0, got {c.cg_damping!r}")
-    support_size = c.ways * c.shots
-    c.lam_effective = c.lam / support_size if c.lam_scale == "sum" else float(c.lam)
-    if c.truncate_steps is not None and not 1 <= c.truncate_steps <= c.inner_steps:
+    if c.truncate_steps is not None and not c.truncate_steps <= c.inner_steps:
         raise ValueError(f"--truncate-steps must be in [1, --inner-steps={c.inner_steps}], got {c.truncate_steps}")
-    if c.chunk_size is not None:
-        _positive_int("chunk_size", c.chunk_size)
-    if c.hvp_mode not in HVP_MODES:
-        raise ValueError(f"--hvp-mode must be one of {HVP_MODES}, got {c.hvp_mode!r}")
-    if c.vectorize not in ("auto", "on", "off"):
-        raise ValueError(f"--vectorize must be auto, on or off, got {c.vectorize!r}")
-    if c.device not in ("auto", "cpu", "cuda") and not c.device.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {c.device!r}")
+    _check_choice("lam_scale", c.lam_scale, LAM_SCALES)
+    if c.net is not None:
+        _check_choice("net", c.net, NETS)
+    _check_choice("init", c.init, INITS)
+    _check_choice("curvature", c.curvature, CURVATURES)
+    _check_choice("cg_on_negative", c.cg_on_negative, CG_ON_NEGATIVE)
+    _check_choice("hvp_mode", c.hvp_mode, HVP_MODES)
+    _check_choice("vectorize", c.vectorize, VECTORIZE)
+    _check_choice("on_solver_failure", c.on_solver_failure, ON_SOLVER_FAILURE)
+    if not isinstance(c.deterministic, bool):
+        raise ValueError(f"deterministic must be true or false, got {c.deterministic!r}")
+    if c.curvature == "gauss-newton" and (c.backend or METHODS[c.method].backend) != "implicit":
+        raise ValueError("--curvature gauss-newton applies to the implicit backend (imaml-gd, imaml-hf); "
+                         "leave --curvature unset or use --backend implicit")
+    for name in _POSITIVE:
+        value = getattr(c, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+            raise ValueError(f"{_flag(name)} must be > 0 and finite, got {value!r}")
+    if (not isinstance(c.cg_damping, (int, float)) or isinstance(c.cg_damping, bool)
+            or not 0 <= c.cg_damping < math.inf):
+        raise ValueError(f"--cg-damping must be >= 0 and finite, got {c.cg_damping!r}")
+    if not isinstance(c.device, str) or not (c.device in ("auto", "cpu", "cuda")
+                                             or (c.device.startswith("cuda:") and c.device[5:].isdigit())):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {c.device!r}")
+    if c.data_root is not None and not isinstance(c.data_root, str):
+        raise ValueError(f"--data-root must be a folder name, got {c.data_root!r}")
+    c.lam_effective = c.lam / (c.ways * c.shots) if c.lam_scale == "sum" else float(c.lam)
     return c
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, Rule):
+        return value.text
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def describe_default(name: str) -> str:
+    """``"default: ..."``: the default of field ``name`` in words, from the tables (for ``--help``).
+
+    >>> describe_default("cg_damping")
+    'default: 0; --protocol official: 1'
+    """
+    parts = [_value_text(DEFAULTS[name])] if name in DEFAULTS else []
+    by_text: dict[str, list[str]] = {}
+    for benchmark, table in _BENCHMARK_DEFAULTS.items():
+        if name in table:
+            by_text.setdefault(_value_text(table[name]), []).append(benchmark)
+    if by_text:
+        parts.append(", ".join(f"{' and '.join(names)} {text}" for text, names in by_text.items()))
+    for benchmark, methods in _METHOD_DEFAULTS.items():
+        by_text = {}
+        for method, table in methods.items():
+            if name in table and _value_text(table[name]) != _value_text(_BENCHMARK_DEFAULTS[benchmark].get(name)):
+                by_text.setdefault(_value_text(table[name]), []).append(method)
+        parts += [f"{benchmark} {', '.join(ms)} {text}" for text, ms in by_text.items()]
+    parts += [f"--protocol {p}: {_value_text(t[name])}" for p, t in _PROTOCOL_DEFAULTS.items() if name in t]
+    if name in _UNSET:
+        parts.append(_UNSET[name])
+    return "default: " + "; ".join(parts)
+
+
+# Field -> (what decides: "benchmark", "method" or "backend"; who uses it; whether a (benchmark,
+# method, backend) does). Fields not listed apply to every run.
+_CONV = ("benchmark", "the image benchmarks (omniglot, miniimagenet)", lambda b, m, k: b != "sinusoid")
+_GD = ("method", "the methods with a gradient-descent inner loop (all but imaml-hf)",
+       lambda b, m, k: m.inner_solver == "gd")
+_NEWTON = ("method", "imaml-hf", lambda b, m, k: m.inner_solver == "newton-cg")
+_CG = ("backend", "the implicit backends (imaml-gd, imaml-hf; --backend implicit or torchopt)",
+       lambda b, m, k: k in ("implicit", "torchopt"))
+_IMAML = ("method", "the iMAML methods (imaml-gd, imaml-hf)", lambda b, m, k: m.problem == "imaml")
+_APPLIES = {
+    "ways": _CONV, "net": _CONV, "init": _CONV,
+    "data_root": ("benchmark", "the benchmarks read from disk (omniglot, miniimagenet)", _CONV[2]),
+    "protocol": ("method", "imaml-gd", lambda b, m, k: m.name == "imaml-gd"),
+    "lam": _IMAML, "lam_scale": _IMAML,
+    "inner_steps": _GD, "inner_lr": _GD,
+    "hf_steps": _NEWTON, "hf_cg_steps": _NEWTON,
+    "cg_steps": _CG, "cg_damping": _CG, "cg_on_negative": _CG,
+    "curvature": ("backend", "the implicit backend (imaml-gd, imaml-hf)", lambda b, m, k: k == "implicit"),
+    "hvp_mode": ("backend", "the implicit backend and imaml-hf's Newton-CG",
+                 lambda b, m, k: k == "implicit" or m.inner_solver == "newton-cg"),
+    "truncate_steps": ("backend", "--backend truncated", lambda b, m, k: k == "truncated"),
+    "on_solver_failure": ("backend", "the methods with a linear solve (imaml-gd, imaml-hf; --backend implicit "
+                          "or torchopt)",
+                          lambda b, m, k: k in ("implicit", "torchopt") or m.inner_solver == "newton-cg"),
+}
+
+
+def inapplicable(config: TrainConfig) -> dict[str, str]:
+    """The fields set in an unresolved ``config`` that its run would not use, each with a one-line
+    message (``{}`` if all apply, or if ``config`` names an unknown benchmark or method, which
+    :func:`resolve` reports).
+
+    A resolved config sets every field, so pass the user's own settings: ``bilevel train``
+    refuses these, ``bilevel compare`` drops them for the methods they do not concern.
+    """
+    benchmark = config.benchmark or DEFAULTS["benchmark"]
+    method = METHODS.get(config.method or DEFAULTS["method"])
+    if benchmark not in BENCHMARKS or method is None:
+        return {}
+    backend = config.backend or method.backend
+    runs = {"benchmark": f"--benchmark {benchmark}", "method": f"--method {method.name}",
+            "backend": f"--method {method.name} (backend {backend})"}
+    problems = {}
+    for name, (decides, users, applies) in _APPLIES.items():
+        if getattr(config, name) is not None and not applies(benchmark, method, backend):
+            problems[name] = (f"{_flag(name)} does not apply to {runs[decides]}: it is used only by {users}; "
+                              "leave it unset")
+    return problems
 
 
 def differences_from_paper(c: TrainConfig) -> list[str]:
@@ -216,12 +385,28 @@ def differences_from_paper(c: TrainConfig) -> list[str]:
 
 
 def save_config(config: TrainConfig, path: Path) -> None:
-    """The configuration as JSON, with ``differences_from_paper`` (not read back)."""
+    """The configuration as JSON, with ``differences_from_paper`` (not read back); written atomically."""
+    from ..data._common import atomic_write_text
+
     data = {**dataclasses.asdict(config), "differences_from_paper": differences_from_paper(config)}
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write_text(json.dumps(data, indent=2) + "\n", Path(path))
 
 
-def load_config(path: Path) -> TrainConfig:
-    data = json.loads(Path(path).read_text())
+def load_config(path: str | Path) -> TrainConfig:
+    """The :class:`TrainConfig` saved in ``path`` (unresolved; unknown keys are ignored).
+
+    Raises ``ValueError`` naming the file when it is missing or not a JSON object.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read the run's configuration {path} ({exc.strerror or exc}); is it a run "
+                         "directory written by `bilevel train`?") from None
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); restore it or start a new run") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds {type(data).__name__}, not a configuration object; restore it or start "
+                         "a new run")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in data.items() if k in known})

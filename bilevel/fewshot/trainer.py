@@ -1,13 +1,16 @@
 """Meta-training and evaluation of a few-shot run, with exact resume.
 
 A run directory holds ``config.json`` (the resolved configuration), ``metrics.jsonl`` (one
-JSON record per training iteration and per validation), ``checkpoint.pt`` (written
-atomically: temp file, then ``os.replace``), ``summary.json`` and, after evaluation,
-``evaluation.json``.
+record per training iteration and per validation, :mod:`.run_log`), ``checkpoint.pt``
+(written atomically, loaded without running code, :mod:`.checkpoint`), ``summary.json`` and,
+after evaluation, ``evaluation-<split>.json``.
 
-Resume is exact: the checkpoint holds the parameters, the outer optimizer's state and the
-task sampler's position, so training N iterations, stopping, and resuming gives the same
-parameters, bit for bit on the CPU, as training without a stop.
+:func:`train`'s loop is the algorithm: sample a meta-batch, compute the meta-gradient
+(:class:`MetaGradient`: the solver-failure policy of :mod:`.health`, and a stop on a NaN), take
+an Adam step, log; validate and checkpoint on schedule. Resume is exact: the checkpoint holds
+the parameters, the outer optimizer's state and the task sampler's position, so training N
+iterations, stopping (Ctrl-C, a crash, ``kill -9``) and resuming gives the same parameters,
+bit for bit on the CPU, as training without a stop (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -16,17 +19,28 @@ import dataclasses
 import json
 import math
 import os
-import resource
-import time
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
-from ..hypergrad import batched_hypergrad, map_tasks
+from ..data._common import atomic_write_text
+from ..errors import NonFiniteError
+from ..distributed import World, all_gather_tasks, init_world, reduce_hypergrad, take_share, task_share
+from ..hypergrad import Hypergradient, batched_hypergrad, map_tasks
+from ..tree import nested_leaves, nested_map
+from ..validation import check_output_dir
 from .benchmarks import batch_to_tasks, make_benchmark
+from .checkpoint import CHECKPOINT, Checkpointer, Progress, load_checkpoint
 from .config import TrainConfig, load_config, resolve, save_config
-from .methods import build_method
+from .determinism import make_deterministic
+from .health import SolverHealth, nonfinite_error
+from .interrupt import StopRequest, TrainingInterrupted
+from .meters import MemoryMeter, Stopwatch
+from .methods import MethodSetup, build_method
+from .run_log import MetricsLog, stats_record
 
 __all__ = ["train", "evaluate", "evaluate_params", "setup", "mean_ci95"]
 
@@ -42,6 +56,8 @@ def _device(name: str) -> torch.device:
 def setup(config: TrainConfig):
     """Build ``(benchmark, model, method, device)`` for a resolved config (``method`` is a
     :class:`~bilevel.fewshot.methods.MethodSetup`)."""
+    if getattr(config, "deterministic", False):
+        make_deterministic()
     torch.manual_seed(config.seed)  # the network's initialization
     benchmark = make_benchmark(config.benchmark, config.ways, config.shots, config.queries, config.data_root,
                                net=config.net, init=config.init)
@@ -60,9 +76,13 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
 
 
 def evaluate_params(benchmark, model, problem, theta, sampler, num_tasks, meta_batch, device, chunk_size=None,
-                    vectorize: bool = True, progress: bool = False):
+                    vectorize: bool = True, progress: bool = False, world: World | None = None):
     """Adapt ``theta`` to ``num_tasks`` tasks (the method's inner problem and solver on the
-    support set) and score each on its query set; returns the per-task metric."""
+    support set) and score each on its query set; returns the per-task metric.
+
+    Under ``torchrun`` (``world``), every rank draws the same tasks, scores its share of each
+    batch, and every rank gets all the scores in task order: the same numbers as one process."""
+    world = world or World()
     theta = {k: v.detach() for k, v in theta.items()}
 
     def one_task(support, query):
@@ -74,7 +94,12 @@ def evaluate_params(benchmark, model, problem, theta, sampler, num_tasks, meta_b
         while done < num_tasks:
             b = min(meta_batch, num_tasks - done)
             support, query = batch_to_tasks(sampler.sample(b), device)
-            scores.append(map_tasks(one_task, support, query, vectorize=vectorize, chunk_size=chunk_size).detach().cpu())
+            share = task_share(b, world)
+            if world.distributed:
+                support, query = take_share(support, share), take_share(query, share)
+            local = (map_tasks(one_task, support, query, vectorize=vectorize, chunk_size=chunk_size).detach()
+                     if share.stop > share.start else torch.zeros(0, device=device))
+            scores.append(all_gather_tasks(local.double(), world).float().cpu() if world.distributed else local.cpu())
             done += b
             bar.update(b)
     return torch.cat(scores)
@@ -89,146 +114,302 @@ def _vectorize(setting: str, device: torch.device, benchmark) -> bool:
     return not (device.type == "cpu" and benchmark.convolutional)
 
 
-def _rss_mb() -> float:
+def is_improvement(value: float, best: float | None, higher_is_better: bool) -> bool:
+    """Whether the validation metric ``value`` beats ``best`` (``None``: no validation yet):
+    larger for accuracy, smaller for MSE. A NaN never does."""
+    if math.isnan(value):
+        return False
+    return best is None or (value > best if higher_is_better else value < best)
+
+
+def validate(benchmark, model, method: MethodSetup, config: TrainConfig, device,
+             vectorize: bool, world: World | None = None) -> tuple[float, float]:
+    """Mean metric and 95% half-width over ``config.val_tasks`` validation tasks, the same
+    tasks every time (the validation stream restarts from its seed)."""
+    sampler = benchmark.sampler("val", config.seed)
+    scores = evaluate_params(benchmark, model, method.eval_problem, dict(model.named_parameters()), sampler,
+                             config.val_tasks, config.meta_batch, device, config.chunk_size, vectorize, world=world)
+    return mean_ci95(scores)
+
+
+# --- the meta-gradient of one meta-batch, with the solver-failure policy and the NaN stop
+
+def _take(tree, tasks: list[int]):
+    """Tasks ``tasks`` (dimension 0) of every tensor in a nest of tuples, lists and dicts."""
+    return nested_map(lambda t: t[torch.as_tensor(tasks, device=t.device)], tree)
+
+
+def _num_tasks(tree) -> int:
+    return nested_leaves(tree)[0].shape[0]
+
+
+def _is_finite(result: Hypergradient) -> bool:
+    return bool(torch.isfinite(result.loss).all()) and all(bool(torch.isfinite(g).all()) for g in result.grad.values())
+
+
+class MetaStep(NamedTuple):
+    """One iteration's meta-gradient.
+
+    Attributes:
+        result: the :class:`~bilevel.hypergrad.Hypergradient` over ``tasks``.
+        tasks: the meta-batch's tasks it averages (``None``: all of them).
+        failed: the tasks whose linear solve did not converge.
+        skipped: no outer step (``skip-task`` and every task failed).
+    """
+
+    result: Hypergradient
+    tasks: list[int] | None
+    failed: list[int]
+    skipped: bool
+
+
+class MetaGradient:
+    """The mean meta-gradient of a meta-batch, by ``method``'s backend.
+
+    Stops on a NaN or infinite loss or meta-gradient (:class:`~bilevel.errors.NonFiniteError`
+    naming the iteration and, rechecked one by one, the tasks) and applies ``health``'s
+    policy to the tasks whose linear solve failed: ``skip-task`` recomputes the mean over the
+    healthy tasks only (failures are rare, so recomputing is cheaper than always solving
+    tasks one by one).
+    """
+
+    def __init__(self, method: MethodSetup, health: SolverHealth, vectorize: bool, chunk_size: int | None,
+                 world: World | None = None):
+        self.method, self.health, self.vectorize, self.chunk_size = method, health, vectorize, chunk_size
+        self.world = world or World()
+
+    def compute(self, params, support, query, tasks: list[int] | None = None, split: bool = True) -> Hypergradient:
+        """The mean over ``tasks`` (default: all); under ``torchrun`` each rank computes its share
+        and the meta-gradient is all-reduced (``split=False``: every rank computes them all)."""
+        if tasks is not None:
+            support, query = _take(support, tasks), _take(query, tasks)
+        world = self.world if split else World()
+        total = _num_tasks(support)
+        if world.distributed:  # this rank's share of the tasks; the all-reduce below averages all
+            share = task_share(total, world)
+            support, query = take_share(support, share), take_share(query, share)
+        inner_solutions = None
+        if self.method.adapt is not None:  # the inner solutions come from another solver (official protocol)
+            theta = {k: v.detach() for k, v in params.items()}
+            inner_solutions = map_tasks(lambda s: self.method.adapt.solve_inner(theta, s, detach=True), support,
+                                        vectorize=self.vectorize, chunk_size=self.chunk_size)
+        result = batched_hypergrad(self.method.problem, params, support, query, backend=self.method.backend,
+                                   inner_solutions=inner_solutions, chunk_size=self.chunk_size,
+                                   vectorize=self.vectorize)
+        return reduce_hypergrad(result, total, world) if world.distributed else result
+
+    def __call__(self, iteration: int, params, support, query) -> MetaStep:
+        result = self._finite(iteration, params, support, query, None)
+        failed = self.health.check(iteration, result.stats)
+        if not failed or self.health.policy != "skip-task":
+            return MetaStep(result, None, failed, skipped=False)
+        healthy = [t for t in range(_num_tasks(support)) if t not in failed]
+        if not healthy:
+            return MetaStep(result, None, failed, skipped=True)
+        return MetaStep(self._finite(iteration, params, support, query, healthy), healthy, failed, skipped=False)
+
+    def _finite(self, iteration, params, support, query, tasks) -> Hypergradient:
+        try:
+            result = self.compute(params, support, query, tasks)
+        except NonFiniteError as exc:
+            raise nonfinite_error(iteration, self._nonfinite_tasks(params, support, query, tasks), str(exc)) from None
+        if not _is_finite(result):
+            losses = result.stats.get("task_loss")
+            numbering = tasks if tasks is not None else range(_num_tasks(support))
+            bad = [] if losses is None else [t for t, ok in zip(numbering, torch.isfinite(losses).tolist()) if not ok]
+            raise nonfinite_error(iteration, bad or self._nonfinite_tasks(params, support, query, tasks),
+                                  f"mean loss {float(result.loss)}")
+        return result
+
+    def _nonfinite_tasks(self, params, support, query, tasks) -> list[int]:
+        bad = []
+        for t in tasks if tasks is not None else range(_num_tasks(support)):
+            try:
+                finite = _is_finite(self.compute(params, support, query, [t], split=False))
+            except NonFiniteError:
+                finite = False
+            if not finite:
+                bad.append(t)
+        return bad
+
+
+# --- the training loop and its small helpers
+
+def _run_config(config: TrainConfig | None, run_dir: Path, resume: bool, iterations: int | None) -> TrainConfig:
+    if resume:
+        if not (run_dir / CHECKPOINT).exists():
+            raise ValueError(f"--resume {run_dir}: no {CHECKPOINT} there; start a run with --out {run_dir}")
+        config = load_config(run_dir / "config.json")
+    config = resolve(config)
+    if iterations is not None:
+        config = resolve(dataclasses.replace(config, iterations=iterations))
+    return config
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    check_output_dir("train", "run_dir", run_dir)  # a file in the way, or a read-only parent: one line
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # what the cheap check cannot see (e.g. a special file system)
+        raise ValueError(f"train: run_dir {str(run_dir)!r} cannot be created ({exc.strerror}); choose another "
+                         "run_dir") from None
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+class _NoLog:
+    """The metrics log of a rank other than 0: writes nothing."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
-def _stats_record(stats: dict) -> dict:
-    """The backend's per-task diagnostics for the log, whatever their keys: the mean of each
-    (a fraction for flags), and the per-task list of the inner stationarity ``||grad G(phi)||``."""
-    record = {}
-    for key, value in stats.items():
-        if key == "task_loss":
-            continue
-        record[f"stats_{key}"] = float(value.double().mean())
-        if key == "inner_grad_norm":
-            record["inner_grad_norm_per_task"] = [round(float(v), 6) for v in value.flatten()]
+def _any_rank(flag: bool, world: World) -> bool:
+    if not world.distributed:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _check_world_size(run_dir: Path, world: World, resume: bool) -> None:
+    """Resuming with another number of processes is allowed: every rank draws the whole
+    meta-batch from the same sampler, so the task stream does not depend on the world size;
+    only the order of float additions in the all-reduce changes. Say so once."""
+    summary = run_dir / "summary.json"
+    if resume and world.is_main and summary.exists():
+        before = json.loads(summary.read_text()).get("world_size", 1)
+        if before != world.size:
+            print(f"note: {run_dir} was trained with {before} process(es), resumed with {world.size}: the same tasks "
+                  "and meta-gradients up to float rounding (docs/distributed.md)", file=sys.stderr)
+
+
+def _due(iteration: int, every: int, last: int) -> bool:
+    return iteration % every == 0 or iteration == last
+
+
+def _outer_step(optimizer: torch.optim.Optimizer, params: dict, grad: dict) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    for name, p in params.items():
+        p.grad = grad[name]
+    optimizer.step()
+
+
+def _train_record(iteration: int, step: MetaStep, metric: str, score: float, seconds: float, meta_batch: int) -> dict:
+    record = {"iteration": iteration, "split": "train", "loss": float(step.result.loss), metric: score,
+              "seconds": seconds, "tasks_per_second": meta_batch / seconds, **stats_record(step.result.stats)}
+    if "diverged" in step.result.stats or "residual_norm" in step.result.stats:
+        record["solver_failures"] = len(step.failed)
+    if step.tasks is not None or step.skipped:
+        record["skipped_tasks"] = step.failed
+    if step.skipped:
+        record["skipped_step"] = True
     return record
 
 
-def _truncate_log(path: Path, iteration: int) -> None:
-    """Keep only the records of iterations up to ``iteration`` (those the checkpoint covers)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
-    path.write_text("".join(line + "\n" for line in kept))
+def _summary(config: TrainConfig, backend, run: Progress, memory: MemoryMeter, device) -> dict:
+    return {
+        "method": config.method, "benchmark": config.benchmark, "ways": config.ways, "shots": config.shots,
+        "iterations": config.iterations, "backend": config.backend or type(backend).__name__,
+        "seconds_per_iteration": run.train_seconds / run.timed_iterations if run.timed_iterations else None,
+        "peak_memory_mb": memory.peak_mb(), "memory_kind": memory.kind, "best_val": run.best_val,
+        "device": str(device),
+    }
 
 
 def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: bool = False,
           iterations: int | None = None, progress: bool = True) -> dict:
-    """Meta-train into ``run_dir``; with ``resume=True`` continue the run saved there.
+    """Meta-train into ``run_dir``; with ``resume=True`` continue the run saved there
+    (``iterations`` then sets a new total).
 
     Returns the summary (also written to ``summary.json``).
+
+    Raises:
+        ValueError: bad settings or run folder (one line naming the fix).
+        NonFiniteError: a NaN or infinite loss or meta-gradient (no checkpoint is written for it).
+        SolverError: a linear solve failed under ``on_solver_failure="stop"``.
+        CheckpointError: the checkpoint to resume is unreadable or unsafe.
+        TrainingInterrupted: Ctrl-C; the last completed iteration was checkpointed.
     """
     run_dir = Path(run_dir)
-    if resume:
-        if not (run_dir / "checkpoint.pt").exists():
-            raise ValueError(f"--resume {run_dir}: no checkpoint.pt there; start a run with --out {run_dir}")
-        config = load_config(run_dir / "config.json")
-    config = resolve(config)
-    if iterations is not None:
-        config.iterations = iterations
-        config = resolve(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.json")
-
+    config = _run_config(config, run_dir, resume, iterations)
     benchmark, model, method, device = setup(config)
-    problem, backend = method.problem, method.backend
+    world = init_world(device)  # torchrun: join the process group; else one process
+    if world.is_main:
+        _make_run_dir(run_dir)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr, eps=config.outer_eps)
     sampler = benchmark.sampler("train", config.seed)
-    log_path = run_dir / "metrics.jsonl"
-    start, best_val, train_seconds, timed_iterations = 0, None, 0.0, 0
-    if resume:
-        state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        sampler.load_state_dict(state["sampler"])
-        start, best_val = state["iteration"], state["best_val"]
-        train_seconds, timed_iterations = state["train_seconds"], state["timed_iterations"]
-        _truncate_log(log_path, start)
-    elif log_path.exists():
-        log_path.unlink()
+    checkpoints = Checkpointer(run_dir / CHECKPOINT, model, optimizer, sampler, config)
+    run = checkpoints.restore() if resume else Progress()
+    _check_world_size(run_dir, world, resume)
+    if run.iteration > config.iterations:
+        raise ValueError(f"--iterations {config.iterations} is below the {run.iteration} iterations already in "
+                         f"{run_dir}; ask for at least {run.iteration}")
+    if world.is_main:
+        save_config(config, run_dir / "config.json")
 
-    def checkpoint(iteration):
-        _save_atomic({"iteration": iteration, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "sampler": sampler.state_dict(), "best_val": best_val, "train_seconds": train_seconds,
-                      "timed_iterations": timed_iterations, "config": dataclasses.asdict(config)}, run_dir / "checkpoint.pt")
-
-    def validate():
-        val_sampler = benchmark.sampler("val", config.seed)  # the same val tasks every time
-        scores = evaluate_params(benchmark, model, method.eval_problem, dict(model.named_parameters()), val_sampler,
-                                 config.val_tasks, config.meta_batch, device, config.chunk_size, vectorize)
-        return mean_ci95(scores)
-
-    params = dict(model.named_parameters())
     vectorize = _vectorize(config.vectorize, device, benchmark)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    base_rss = peak_rss = _rss_mb()
-    metric = benchmark.metric_name
-    bar = tqdm(total=config.iterations, initial=start, disable=not progress, dynamic_ncols=True,
-               desc=f"{config.method} {config.benchmark}", unit="it")
-    with open(log_path, "a") as log:
-        for iteration in range(start + 1, config.iterations + 1):
-            t0 = time.perf_counter()
+    params = dict(model.named_parameters())
+    metric, first = benchmark.metric_name, run.iteration + 1
+    stopwatch, memory = Stopwatch(device), MemoryMeter(device)
+    with tqdm(total=config.iterations, initial=run.iteration, disable=not (progress and world.is_main),
+              dynamic_ncols=True, desc=f"{config.method} {config.benchmark}", unit="it") as bar, \
+            (MetricsLog(run_dir / "metrics.jsonl", keep_until=run.iteration if resume else None) if world.is_main
+             else _NoLog()) as log, \
+            StopRequest() as stop:
+        health = SolverHealth(getattr(config, "on_solver_failure", None) or "warn",
+                              write=(lambda line: bar.write(line, file=sys.stderr)) if world.is_main else (lambda line: None))
+        meta_gradient = MetaGradient(method, health, vectorize, config.chunk_size, world)
+        for iteration in range(first, config.iterations + 1):
+            stopwatch.start()
             support, query = batch_to_tasks(sampler.sample(config.meta_batch), device)
-            inner_solutions = None
-            if method.adapt is not None:  # the inner solutions come from another solver (official protocol)
-                theta = {k: v.detach() for k, v in params.items()}
-                inner_solutions = map_tasks(lambda s: method.adapt.solve_inner(theta, s, detach=True), support,
-                                            vectorize=vectorize, chunk_size=config.chunk_size)
-            result = batched_hypergrad(problem, params, support, query, backend=backend, inner_solutions=inner_solutions,
-                                       chunk_size=config.chunk_size, vectorize=vectorize)
-            optimizer.zero_grad(set_to_none=True)
-            for name, p in params.items():
-                p.grad = result.grad[name]
-            optimizer.step()
-            scores = map_tasks(lambda phi, q: benchmark.score(model, phi, q), result.inner_solution, query,
+            step = meta_gradient(iteration, params, support, query)
+            if not step.skipped:
+                _outer_step(optimizer, params, step.result.grad)
+            query_used = query if step.tasks is None else _take(query, step.tasks)
+            if world.distributed:  # the inner solutions are this rank's share
+                query_used = take_share(query_used, task_share(_num_tasks(query_used), world))
+            scores = map_tasks(lambda phi, q: benchmark.score(model, phi, q), step.result.inner_solution, query_used,
                                vectorize=vectorize, chunk_size=config.chunk_size)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - t0
-            if iteration > start + 1 or config.iterations == start + 1:  # skip the warm-up step
-                train_seconds += seconds
-                timed_iterations += 1
-            peak_rss = max(peak_rss, _rss_mb())
-            record = {"iteration": iteration, "split": "train", "loss": float(result.loss),
-                      metric: float(scores.mean()), "seconds": seconds,
-                      "tasks_per_second": config.meta_batch / seconds}
-            record.update(_stats_record(result.stats))
-            log.write(json.dumps(record) + "\n")
+            scores = all_gather_tasks(scores.double(), world) if world.distributed else scores
+            seconds = stopwatch.stop()
+            if Stopwatch.is_timed(iteration, first, config.iterations):
+                run.add_time(seconds)
+            memory.sample()
+            run.iteration = iteration
+            record = _train_record(iteration, step, metric, float(scores.mean()), seconds, config.meta_batch)
+            log.write(record)
             bar.update(1)
             bar.set_postfix({"loss": f"{record['loss']:.3f}", metric: f"{record[metric]:.3f}",
                              "tasks/s": f"{record['tasks_per_second']:.0f}"}, refresh=False)
-            if iteration % config.val_every == 0 or iteration == config.iterations:
-                val_mean, val_ci = validate()
-                better = best_val is None or (val_mean > best_val if benchmark.higher_is_better else val_mean < best_val)
-                best_val = val_mean if better else best_val
-                log.write(json.dumps({"iteration": iteration, "split": "val", metric: val_mean, "ci95": val_ci}) + "\n")
+
+            if _due(iteration, config.val_every, config.iterations):
+                val_mean, val_ci = validate(benchmark, model, method, config, device, vectorize, world)
+                if is_improvement(val_mean, run.best_val, benchmark.higher_is_better):
+                    run.best_val = val_mean
+                log.write({"iteration": iteration, "split": "val", metric: val_mean, "ci95": val_ci})
                 bar.write(f"[{config.method}] iteration {iteration}: val {metric} {val_mean:.4f} +- {val_ci:.4f}")
-            if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
-                log.flush()
-                checkpoint(iteration)
-    bar.close()
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss - base_rss)
-    summary = {
-        "method": config.method, "benchmark": config.benchmark, "ways": config.ways, "shots": config.shots,
-        "iterations": config.iterations, "backend": config.backend or type(backend).__name__,
-        "seconds_per_iteration": train_seconds / timed_iterations if timed_iterations else None,
-        "peak_memory_mb": peak, "memory_kind": "cuda max_memory_allocated" if device.type == "cuda"
-        else "growth of process RSS during training", "best_val": best_val, "device": str(device),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            interrupted = stop.requested and iteration < config.iterations
+            interrupted = _any_rank(interrupted, world)  # Ctrl-C reaches every rank; stop together
+            if (_due(iteration, config.checkpoint_every, config.iterations) or interrupted) and world.is_main:
+                log.flush()  # the checkpoint must not cover records still in a buffer
+                checkpoints.save(run)
+            if interrupted:
+                raise TrainingInterrupted(f"interrupted after iteration {iteration} (checkpoint saved); resume "
+                                          f"with: bilevel train --resume {run_dir}")
+
+    summary = {**_summary(config, method.backend, run, memory, device), "world_size": world.size}
+    if world.is_main:
+        atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
     return summary
 
 
@@ -236,23 +417,26 @@ def evaluate(run_dir: str | os.PathLike, *, tasks: int | None = None, split: str
              progress: bool = True) -> dict:
     """Mean metric and 95% interval of the trained run over ``tasks`` tasks of ``split``."""
     run_dir = Path(run_dir)
-    if not (run_dir / "checkpoint.pt").exists():
-        raise ValueError(f"evaluate {run_dir}: no checkpoint.pt there; train first with --out {run_dir}")
+    if not (run_dir / CHECKPOINT).exists():
+        raise ValueError(f"evaluate {run_dir}: no {CHECKPOINT} there; train first with --out {run_dir}")
     config = resolve(load_config(run_dir / "config.json"))
     tasks = tasks or config.eval_tasks
     if tasks < 2:
         raise ValueError(f"--tasks must be at least 2 for a confidence interval, got {tasks}")
     benchmark, model, method, device = setup(config)
-    state = torch.load(run_dir / "checkpoint.pt", map_location=device, weights_only=False)
+    world = init_world(device)
+    state = load_checkpoint(run_dir / CHECKPOINT)
     model.load_state_dict(state["model"])
     sampler = benchmark.sampler(split, config.seed)
-    t0 = time.perf_counter()
+    stopwatch = Stopwatch(device)
+    stopwatch.start()
     scores = evaluate_params(benchmark, model, method.eval_problem, dict(model.named_parameters()), sampler, tasks,
                              config.meta_batch, device, config.chunk_size, _vectorize(config.vectorize, device, benchmark),
-                             progress=progress)
+                             progress=progress and world.is_main, world=world)
     mean, ci = mean_ci95(scores)
     result = {"method": config.method, "benchmark": config.benchmark, "ways": config.ways, "shots": config.shots,
               "split": split, "tasks": tasks, "metric": benchmark.metric_name, "mean": mean, "ci95": ci,
-              "iteration": state["iteration"], "seconds": time.perf_counter() - t0}
-    (run_dir / f"evaluation-{split}.json").write_text(json.dumps(result, indent=2) + "\n")
+              "iteration": state["iteration"], "seconds": stopwatch.stop(), "world_size": world.size}
+    if world.is_main:
+        atomic_write_text(json.dumps(result, indent=2) + "\n", run_dir / f"evaluation-{split}.json")
     return result

@@ -1,8 +1,8 @@
 """Table 2 of the iMAML paper: Omniglot few-shot test accuracy, ours beside the paper's.
 
 For each setting (5w1s, 5w5s, 20w1s, 20w5s) and each row (maml, fomaml, reptile, imaml-gd,
-imaml-hf, and imaml-gd-official: the released code's protocol), one ``bilevel train`` run of
-``--budget ITERATIONSxMETA_BATCH`` and one ``bilevel evaluate`` on 600 test tasks (95%
+imaml-hf, and imaml-gd-official: the released code's protocol), one training run of
+``--budget ITERATIONSxMETA_BATCH`` and one evaluation on 600 test tasks (95%
 interval). Runs live in ``OUT/<setting>/<row>`` and resume: rerunning the command continues
 unfinished runs and reuses finished ones, so a budget too large for one sitting is reached
 over several. ``--jobs N`` trains N runs at once (for a GPU or a many-core CPU).
@@ -16,19 +16,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..fewshot.compare import run_many
+from ..fewshot.compare import run_configs, run_many
 from .paper import SETTINGS, TABLE2
 
 __all__ = ["ROWS", "parse_budget", "reproduce_table", "format_table"]
 
-# Row name -> the train flags that make it.
+# Row name -> the TrainConfig settings that make it.
 ROWS = {
-    "maml": ["--method", "maml"],
-    "fomaml": ["--method", "fomaml"],
-    "reptile": ["--method", "reptile"],
-    "imaml-gd": ["--method", "imaml-gd"],
-    "imaml-hf": ["--method", "imaml-hf"],
-    "imaml-gd-official": ["--method", "imaml-gd", "--protocol", "official"],
+    "maml": dict(method="maml"),
+    "fomaml": dict(method="fomaml"),
+    "reptile": dict(method="reptile"),
+    "imaml-gd": dict(method="imaml-gd"),
+    "imaml-hf": dict(method="imaml-hf"),
+    "imaml-gd-official": dict(method="imaml-gd", protocol="official"),
 }
 PAPER_BUDGET = "20000x32"
 QUICK_BUDGET = "2x2"
@@ -46,7 +46,7 @@ def parse_budget(text: str) -> tuple[int, int]:
 
 
 def reproduce_table(out: str | Path, *, settings: list[str], rows: list[str], budget: str = PAPER_BUDGET,
-                    eval_tasks: int = 600, imaml_flags: list[str] = (), common_flags: list[str] = (),
+                    eval_tasks: int = 600, imaml: dict | None = None, common: dict | None = None,
                     jobs: int = 1, quick: bool = False) -> list[dict]:
     """Train and evaluate every (setting, row); write ``table.md`` and ``table.json``.
 
@@ -54,9 +54,10 @@ def reproduce_table(out: str | Path, *, settings: list[str], rows: list[str], bu
         settings: keys of :data:`~bilevel.reproduce.paper.SETTINGS`.
         rows: keys of :data:`ROWS`.
         budget: ``"ITERATIONSxMETA_BATCH"`` for every run (the same for all: a fair table).
-        imaml_flags: extra train flags for the paper-protocol iMAML rows (e.g. the lambda
-            chosen on validation: ``["--lam", "0.4"]``).
-        common_flags: extra train flags for every run (``--data-root``, ``--device``, ...).
+        imaml: extra settings (``TrainConfig`` fields) for the paper-protocol iMAML rows (e.g.
+            the lambda chosen on validation: ``{"lam": 0.4}``).
+        common: extra settings for every run (``data_root``, ``device``, ...); those a row does
+            not use are dropped for it.
         quick: a smoke run (2 iterations of 2 tasks, 20 test tasks, 10 validation tasks).
     """
     bad = [s for s in settings if s not in SETTINGS] + [r for r in rows if r not in ROWS]
@@ -67,18 +68,16 @@ def reproduce_table(out: str | Path, *, settings: list[str], rows: list[str], bu
         budget, eval_tasks = QUICK_BUDGET, 20
     iterations, meta_batch = parse_budget(budget)
     out = Path(out)
-    runs = []
+    own = {}
     for setting in settings:
         ways, shots = SETTINGS[setting]
         for row in rows:
-            flags = [*ROWS[row], "--benchmark", "omniglot", "--ways", str(ways), "--shots", str(shots),
-                     "--iterations", str(iterations), "--meta-batch", str(meta_batch),
-                     "--val-every", str(max(1, iterations // 10)), *common_flags]
-            if row in ("imaml-gd", "imaml-hf"):
-                flags += list(imaml_flags)
-            if quick:
-                flags += ["--val-tasks", "10"]
-            runs.append((f"{setting}/{row}", out / setting / row, flags))
+            own[f"{setting}/{row}"] = dict(
+                **ROWS[row], benchmark="omniglot", ways=ways, shots=shots, iterations=iterations,
+                meta_batch=meta_batch, val_every=max(1, iterations // 10), **(dict(val_tasks=10) if quick else {}),
+                **((imaml or {}) if row in ("imaml-gd", "imaml-hf") else {}))
+    configs = run_configs(own, common or {})
+    runs = [(name, out / name, config) for name, config in configs.items()]
     results = run_many(runs, eval_tasks=eval_tasks, resume=True, jobs=jobs, quiet=True)
     for r in results:
         r["setting"], r["row"] = r["method"].split("/")

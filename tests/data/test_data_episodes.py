@@ -116,11 +116,11 @@ def test_load_state_dict_rejects_another_configuration(change):
             r"per class of this dataset; lower --shots or --queries",
         ),
         (dict(ways=13), ValueError, r"EpisodeSampler\(ways=13\): expected ways <= 12"),
-        (dict(ways=1), ValueError, r"EpisodeSampler\(ways=1\): expected ways >= 2"),
-        (dict(shots=0), ValueError, r"expected shots >= 1"),
-        (dict(queries=0), ValueError, r"expected queries >= 1"),
-        (dict(shots=1.0), TypeError, r"EpisodeSampler\(shots=1.0\): expected an int"),
-        (dict(seed=-1), ValueError, r"expected seed >= 0"),
+        (dict(ways=1), ValueError, r"EpisodeSampler: ways must be >= 2, got 1\. A task needs at least 2 classes"),
+        (dict(shots=0), ValueError, r"shots must be >= 1, got 0\. Use --shots >= 1"),
+        (dict(queries=0), ValueError, r"queries must be >= 1, got 0"),
+        (dict(shots=1.0), TypeError, r"EpisodeSampler: shots must be an int, got float \(1.0\)"),
+        (dict(seed=-1), ValueError, r"seed must be >= 0, got -1"),
         (dict(classes=torch.zeros(3, 20, 4, 4)), TypeError, r"expected a ClassImages"),
     ],
 )
@@ -131,7 +131,7 @@ def test_argument_errors(kw, exc, match):
 
 
 def test_meta_batch_must_be_positive():
-    with pytest.raises(ValueError, match=r"EpisodeSampler.sample\(meta_batch=0\)"):
+    with pytest.raises(ValueError, match=r"EpisodeSampler.sample: meta_batch must be >= 1, got 0"):
         EpisodeSampler(tagged_classes(), 5, 1, 1).sample(0)
 
 

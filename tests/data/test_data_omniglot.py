@@ -371,8 +371,8 @@ def test_split_of_a_character_does_not_depend_on_the_others():
     [
         (dict(num_train=41), ValueError, r"num_val < num_train <= 40"),
         (dict(num_train=10, num_val=10), ValueError, "num_val < num_train"),
-        (dict(num_val=-1), ValueError, "num_val >= 0"),
-        (dict(num_train=1.5), TypeError, "expected an int"),
+        (dict(num_val=-1), ValueError, "num_val must be >= 0, got -1"),
+        (dict(num_train=1.5), TypeError, "num_train must be an int, got float"),
     ],
 )
 def test_split_argument_errors(kw, exc, match):

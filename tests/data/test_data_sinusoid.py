@@ -59,8 +59,8 @@ def test_determinism_and_state_dict():
 @pytest.mark.parametrize(
     "kw, exc, match",
     [
-        (dict(shots=0), ValueError, r"SinusoidTasks\(shots=0\): expected shots >= 1"),
-        (dict(queries=-1), ValueError, r"expected queries >= 1"),
+        (dict(shots=0), ValueError, r"SinusoidTasks: shots must be >= 1, got 0"),
+        (dict(queries=-1), ValueError, r"queries must be >= 1, got -1"),
         (
             dict(amplitude=(5.0, 0.1)),
             ValueError,

@@ -8,19 +8,25 @@ import torch
 from bilevel import CG, GradientDescent, Implicit, batched_hypergrad, imaml_problem
 from bilevel.distributed import distributed_hypergrad, init_world
 
-torch.manual_seed(0)
-tasks, d = 5, 4
-A = torch.randn(tasks, 6, d, dtype=torch.float64)
-b = torch.randn(tasks, 6, dtype=torch.float64)
-problem = imaml_problem(lambda p, batch: ((batch[0] @ p["w"] - batch[1]) ** 2).mean(), 1.0,
-                        GradientDescent(lr=0.1, steps=20))
-theta = {"w": torch.randn(d, dtype=torch.float64)}
-backend = Implicit(CG(maxiter=4))
-world = init_world(torch.device("cpu"))
-if len(sys.argv) > 2 and world.rank == int(sys.argv[2]):
-    raise RuntimeError(f"rank {world.rank} fails on purpose")
-result = distributed_hypergrad(problem, theta, (A, b), (A, b), backend=backend, world=world)
-if world.is_main:
-    single = batched_hypergrad(problem, theta, (A, b), (A, b), backend=backend)
-    torch.save({"distributed": result.grad["w"], "single": single.grad["w"], "loss": (result.loss, single.loss),
-                "steps": (result.stats["steps"], single.stats["steps"]), "world": world.size}, sys.argv[1])
+
+def main():
+    torch.manual_seed(0)
+    tasks, d = 5, 4
+    A = torch.randn(tasks, 6, d, dtype=torch.float64)
+    b = torch.randn(tasks, 6, dtype=torch.float64)
+    problem = imaml_problem(lambda p, batch: ((batch[0] @ p["w"] - batch[1]) ** 2).mean(), 1.0,
+                            GradientDescent(lr=0.1, steps=20))
+    theta = {"w": torch.randn(d, dtype=torch.float64)}
+    backend = Implicit(CG(maxiter=4))
+    world = init_world(torch.device("cpu"))
+    if len(sys.argv) > 2 and world.rank == int(sys.argv[2]):
+        raise RuntimeError(f"rank {world.rank} fails on purpose")
+    result = distributed_hypergrad(problem, theta, (A, b), (A, b), backend=backend, world=world)
+    if world.is_main:
+        single = batched_hypergrad(problem, theta, (A, b), (A, b), backend=backend)
+        torch.save({"distributed": result.grad["w"], "single": single.grad["w"], "loss": (result.loss, single.loss),
+                    "steps": (result.stats["steps"], single.stats["steps"]), "world": world.size}, sys.argv[1])
+
+
+if __name__ == "__main__":
+    main()

@@ -27,16 +27,17 @@ def one_error_line(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["train", "--ways", "0"], "argument --ways: expected a positive integer, got 0"),
+    (["train", "--ways", "0"], "argument --ways: expected an integer >= 1, got '0'"),
     (["train", "--method", "maml2"], "argument --method: invalid choice: 'maml2'"),
     (["train", "--inner-lr", "abc"], "argument --inner-lr: expected a positive number, got 'abc'"),
-    (["compare", "--methods", "maml,foo"], "--methods: unknown ['foo']"),
 ])
 def test_bad_flags_give_one_error_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
     assert message in one_error_line(capsys)
+    assert main(["compare", "--methods", "maml,foo"]) == 2
+    assert "--methods: unknown ['foo']" in one_error_line(capsys)
 
 
 def test_impossible_settings_give_one_error_line(tmp_path, capsys):
@@ -44,6 +45,8 @@ def test_impossible_settings_give_one_error_line(tmp_path, capsys):
     assert one_error_line(capsys) == ("bilevel train: error: --ways does not apply to sinusoid regression (it has one "
                                       "output); leave it unset")
     assert main(["evaluate", str(tmp_path / "nothing")]) == 2
+    assert "nothing: no such run directory" in one_error_line(capsys)
+    assert main(["evaluate", str(tmp_path)]) == 2
     assert "no checkpoint.pt there" in one_error_line(capsys)
 
 

@@ -49,7 +49,7 @@ def test_memory_command(tmp_path, omniglot_root):
 
 def test_table_quick_run_beside_the_paper(tmp_path, omniglot_root):
     results = reproduce_table(tmp_path, settings=["5w1s"], rows=["imaml-gd-official"], quick=True,
-                              common_flags=["--data-root", str(omniglot_root), "--inner-steps", "2"])
+                              common=dict(data_root=str(omniglot_root), inner_steps=2))
     (r,) = results
     assert r["tasks"] == 20 and r["iterations"] == 2 and r["config"]["protocol"] == "official"
     assert r["config"]["queries"] == 1 and r["paper"] is None
@@ -93,7 +93,7 @@ def test_protocol_settings_are_resolved_and_recorded():
     (dict(net="resnet"), "--net must be one of"),
     (dict(init="he"), "--init must be one of"),
     (dict(cg_damping=-1.0), "--cg-damping must be >= 0"),
-    (dict(curvature="fisher"), "--curvature must be hessian or gauss-newton"),
+    (dict(curvature="fisher"), "--curvature must be one of hessian, gauss-newton"),
     (dict(method="maml", curvature="gauss-newton"), "applies to the implicit backend"),
 ])
 def test_bad_protocol_settings(overrides, message):

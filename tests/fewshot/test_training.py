@@ -14,7 +14,7 @@ SMALL = dict(benchmark="sinusoid", iterations=6, val_every=3, val_tasks=4, meta_
 
 
 def state(run_dir):
-    return torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)
 
 
 def train_records(run_dir):

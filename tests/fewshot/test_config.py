@@ -1,0 +1,78 @@
+"""The run configuration: every default in config.py's tables, resolve() fills and checks them,
+the command line states them, and compare hands each method its resolved config."""
+
+import dataclasses
+
+import pytest
+
+from bilevel.cli import build_parser, main
+from bilevel.fewshot.compare import run_configs
+from bilevel.fewshot.config import DEFAULTS, TrainConfig, describe_default, inapplicable, resolve
+
+
+@pytest.mark.parametrize("settings", [
+    dict(),
+    dict(method="maml"),
+    dict(method="imaml-hf"),
+    dict(benchmark="omniglot", ways=20, shots=5),
+    dict(benchmark="omniglot", protocol="official", shots=5),
+    dict(benchmark="miniimagenet", method="fomaml", backend="truncated"),
+])
+def test_resolve_fills_every_field_and_is_idempotent(settings):
+    config = resolve(TrainConfig(**settings))
+    unset = {f.name for f in dataclasses.fields(config) if getattr(config, f.name) is None}
+    assert unset <= {"backend", "chunk_size", "data_root", "net", "truncate_steps"}
+    assert resolve(config) == config
+
+
+def test_rules_and_tables():
+    assert resolve(TrainConfig(benchmark="omniglot", ways=5)).inner_steps == 16
+    assert resolve(TrainConfig(benchmark="omniglot", ways=20)).inner_steps == 25
+    assert resolve(TrainConfig(method="imaml-gd")).inner_steps == 25  # sinusoid, chosen on validation
+    assert resolve(TrainConfig(method="maml", val_every=7)).checkpoint_every == 7
+    assert resolve(TrainConfig(backend="truncated", method="maml", inner_steps=9)).truncate_steps == 4
+    assert resolve(TrainConfig(benchmark="omniglot", protocol="official", shots=5)).queries == 5
+    assert resolve(TrainConfig()).on_solver_failure == DEFAULTS["on_solver_failure"] == "warn"
+
+
+@pytest.mark.parametrize("policy", ["warn", "skip-task", "stop"])
+def test_on_solver_failure_choices(policy):
+    assert resolve(TrainConfig(on_solver_failure=policy)).on_solver_failure == policy
+
+
+def test_on_solver_failure_is_checked():
+    with pytest.raises(ValueError, match="--on-solver-failure must be one of warn, skip-task, stop; got 'retry'"):
+        resolve(TrainConfig(on_solver_failure="retry"))
+
+
+def test_flags_default_to_none_so_that_config_fills_them():
+    args = build_parser().parse_args(["train"])
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {k: v for k, v in vars(args).items() if k in fields and v is not None} == {}
+
+
+def test_help_states_the_config_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"({describe_default('lam_scale')})" in out and "default: sum;" in out  # not "default: mean"
+    assert "(default: 5)" in out  # --cg-steps, from DEFAULTS
+    assert "16 up to 5 ways, 25 above" in out
+    assert ("--on-solver-failure {warn,skip-task,stop} what to do when a task's linear solve does not converge: "
+            "warn (log and go on, default), skip-task (drop that task from the meta-gradient), stop (end training "
+            "with an error)") in out
+
+
+def test_inapplicable_settings():
+    assert inapplicable(TrainConfig(method="imaml-gd", lam=3.0, cg_steps=2)) == {}
+    assert set(inapplicable(TrainConfig(method="maml", lam=3.0, cg_steps=2, inner_lr=0.1))) == {"lam", "cg_steps"}
+    assert set(inapplicable(TrainConfig(method="maml", backend="implicit", cg_steps=2))) == set()
+
+
+def test_compare_resolves_one_config_per_method_dropping_what_it_does_not_use():
+    configs = run_configs({m: dict(method=m) for m in ("maml", "imaml-gd")}, dict(lam=3.0, iterations=7))
+    assert configs["imaml-gd"].lam == 3.0 and configs["maml"].lam == DEFAULTS["lam"]
+    assert configs["maml"].iterations == configs["imaml-gd"].iterations == 7
+    assert all(resolve(c) == c for c in configs.values())
+    with pytest.raises(ValueError, match="--hf-steps does not apply .*no run of this comparison uses it"):
+        run_configs({m: dict(method=m) for m in ("maml", "imaml-gd")}, dict(hf_steps=3))
