@@ -394,8 +394,8 @@ class FixedPointProblem:
         return tree_detach(given), None
 
 
-# --- Entry points. bilevel.hypergrad.hypergrad accepts only BilevelProblem for now; these
-# are its two functions for a FixedPointProblem, with the same checks and results.
+# --- Entry points: bilevel.hypergrad and bilevel.batched_hypergrad accept a FixedPointProblem
+# too; these add the check of the forward solve (throw=True) and a FixedPointProblem-specific message.
 
 
 def fixed_point_hypergrad(problem: FixedPointProblem, theta: Params, batch: Any, outer_batch: Any, *,
@@ -415,11 +415,12 @@ def fixed_point_hypergrad(problem: FixedPointProblem, theta: Params, batch: Any,
     Returns:
         A :class:`~bilevel.Hypergradient`; ``inner_solution`` is ``z*``.
     """
-    from .hypergrad import _check_result
+    from .hypergrad import hypergrad
 
     _check_call("fixed_point_hypergrad", problem, theta, backend)
-    result = backend.hypergrad(problem, tree_detach(theta), batch, outer_batch, inner_solution=inner_solution)
-    return _check_forward(_check_result("fixed_point_hypergrad", result, throw), "fixed_point_hypergrad", throw)
+    result = hypergrad(problem, theta, batch, outer_batch, backend=backend, inner_solution=inner_solution,
+                       throw=throw)
+    return _check_forward(result, "fixed_point_hypergrad", throw)
 
 
 def batched_fixed_point_hypergrad(problem: FixedPointProblem, theta: Params, batches: Any, outer_batches: Any,
@@ -433,28 +434,12 @@ def batched_fixed_point_hypergrad(problem: FixedPointProblem, theta: Params, bat
     :func:`~bilevel.batched_hypergrad`, ``stats`` are stacked per task and
     ``stats["task_loss"]`` holds each task's outer loss.
     """
-    from .hypergrad import AutogradAdapter, _check_result, _num_tasks, map_tasks
+    from .hypergrad import batched_hypergrad
 
-    call = "batched_fixed_point_hypergrad"
-    _check_call(call, problem, theta, backend)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"{call}: chunk_size must be a positive int or None, got {chunk_size!r}.")
-    theta = tree_detach(theta)
-    _num_tasks(batches, outer_batches, inner_solutions)
-
-    def one_task(batch, outer_batch, solution=None):
-        return backend.hypergrad(problem, theta, batch, outer_batch, inner_solution=solution)
-
-    args = (batches, outer_batches) + (() if inner_solutions is None else (inner_solutions,))
-    vectorize = vectorize and not isinstance(backend, AutogradAdapter)
-    per_task = map_tasks(one_task, *args, vectorize=vectorize, chunk_size=chunk_size)
-    result = type(per_task)(
-        loss=per_task.loss.mean(),
-        grad={k: g.mean(0) for k, g in per_task.grad.items()},
-        inner_solution=per_task.inner_solution,
-        stats={**per_task.stats, "task_loss": per_task.loss},
-    )
-    return _check_forward(_check_result(call, result, throw), call, throw)
+    _check_call("batched_fixed_point_hypergrad", problem, theta, backend)
+    result = batched_hypergrad(problem, theta, batches, outer_batches, backend=backend, chunk_size=chunk_size,
+                               inner_solutions=inner_solutions, vectorize=vectorize, throw=throw)
+    return _check_forward(result, "batched_fixed_point_hypergrad", throw)
 
 
 def _check_call(call: str, problem, theta, backend) -> None:

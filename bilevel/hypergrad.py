@@ -86,8 +86,10 @@ def reject_inner_solution(backend: HypergradBackend, inner_solution: Params | No
 
 
 def _check_call(call: str, problem, theta, backend) -> None:
-    if not isinstance(problem, BilevelProblem):
-        raise TypeError(f"{call}: expected a BilevelProblem, got {type(problem).__name__}.")
+    from .fixed_point import FixedPointProblem
+
+    if not isinstance(problem, (BilevelProblem, FixedPointProblem)):
+        raise TypeError(f"{call}: expected a BilevelProblem or a FixedPointProblem, got {type(problem).__name__}.")
     if not isinstance(backend, HypergradBackend):
         raise TypeError(f"{call}: backend must be a HypergradBackend such as Implicit() or "
                         f"Unrolled(), got {type(backend).__name__} ({backend!r}).")

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .errors import SolverError
 from .validation import check_choice, check_nonnegative, check_positive, check_positive_int
-from .tree import (Params, tree_axpy, tree_dot, tree_numel, tree_ravel, tree_scale, tree_sub,
+from .tree import (Params, tree_axpy, tree_dot, tree_numel, tree_ravel, tree_sub,
                    tree_unravel, tree_where, tree_zeros_like)
 
 __all__ = [

@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import grad
 
 from backends import CASES
-from bilevel import (CG, GradientDescent, Momentum, Neumann, NewtonCG, TorchoptImplicit, TruncatedUnrolled,
+from bilevel import (GradientDescent, Momentum, Neumann, NewtonCG, TruncatedUnrolled,
                      hypergrad, imaml_problem, maml_problem, run_inner, solve_dense, hvp)
 from bilevel.tree import tree_axpy, tree_detach, tree_norm
 from problems import DTYPE, conv_tasks, net_loss

@@ -21,7 +21,7 @@ def test_concepts_page_snippets_run_and_agree():
     namespace = {"__name__": "concepts"}
     for code in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S):
         exec(compile(code, str(page), "exec"), namespace)
-    from bilevel import CG, Dense, Implicit, hypergrad
+    from bilevel import CG, Implicit, hypergrad
 
     problem, theta, train, val = (namespace[k] for k in ("problem", "theta", "train", "val"))
     cg = hypergrad(problem, theta, train, val, backend=Implicit(CG(maxiter=20)))
