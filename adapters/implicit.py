@@ -28,7 +28,7 @@ __all__ = ["Implicit", "implicit_hypergrad"]
 
 def implicit_hypergrad(inner_loss: Loss, outer_loss: Loss, theta: Params, phi: Params,
                        inner_batch: Any, outer_batch: Any, *, linear_solver: LinearSolver,
-                       hvp_mode: str = "forward-over-reverse", matvec: Any = None) -> Hypergradient:
+                       hvp_mode: str = "auto", matvec: Any = None) -> Hypergradient:
     """The implicit hypergradient at a given inner solution ``phi`` (assumed stationary).
 
     Solves ``[d^2 L_in/dphi^2] w = dL_out/dphi`` with ``linear_solver`` over Hessian-vector
@@ -58,7 +58,8 @@ class Implicit(HypergradBackend):
         linear_solver: a :class:`~bilevel.LinearSolver`: :class:`~bilevel.CG` (default: run to
             ``tol``), :class:`~bilevel.Neumann`, :class:`~bilevel.Dense`, or your own subclass.
             iMAML uses ``CG(maxiter=5)``.
-        hvp_mode: ``"forward-over-reverse"`` or ``"reverse-over-reverse"``.
+        hvp_mode: ``"auto"`` (reverse-over-reverse on a CPU, forward-over-reverse on a GPU),
+            ``"forward-over-reverse"`` or ``"reverse-over-reverse"`` (:mod:`bilevel.hvp`).
         matvec: ``None`` (the inner Hessian), or ``matvec(theta, phi, inner_batch) -> (v -> A v)``
             building another symmetric operator in its place, e.g. a positive semi-definite
             Gauss-Newton matrix from :func:`~bilevel.make_ggn` (plus iMAML's ``lam I``).
@@ -68,7 +69,7 @@ class Implicit(HypergradBackend):
     """
 
     linear_solver: Any = field(default_factory=CG)
-    hvp_mode: str = "forward-over-reverse"
+    hvp_mode: str = "auto"
     matvec: Any = None
 
     def __post_init__(self):

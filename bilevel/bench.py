@@ -90,8 +90,7 @@ def ours_maml(net, c, steps, support, query, vectorize):
 
 def ours_imaml(net, c, steps, support, query, vectorize):
     problem = imaml_problem(model_loss(net), c.lam, GradientDescent(c.inner_lr, steps))
-    backend = Implicit(CG(maxiter=c.cg_steps, tol=0.0, negative_curvature="continue"),
-                       hvp_mode="forward-over-reverse" if support[0].is_cuda else "reverse-over-reverse")
+    backend = Implicit(CG(maxiter=c.cg_steps, tol=0.0, negative_curvature="continue"))  # hvp_mode auto
     theta = dict(net.named_parameters())
     return batched_hypergrad(problem, theta, support, query, backend=backend, vectorize=vectorize).grad
 

@@ -36,7 +36,7 @@ class NewtonCG(InnerSolver):
     line_search_steps: int = 10
     shrink: float = 0.5
     armijo: float = 1e-4
-    hvp_mode: str = "forward-over-reverse"
+    hvp_mode: str = "auto"
 
     def __post_init__(self):
         check_steps("NewtonCG", self.steps)

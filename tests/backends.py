@@ -51,7 +51,7 @@ CASES = [
     Case("truncated-gd", lambda L, mu, d: TruncatedUnrolled(3 * _gd_steps(L, mu) // 4), gd),
     Case("higher-gd", lambda L, mu, d: HigherUnrolled(), gd),
     Case("higher-momentum", lambda L, mu, d: HigherUnrolled(), momentum),
-    Case("implicit-cg", lambda L, mu, d: Implicit(CG(tol=1e-14)), newton),
+    Case("implicit-cg", lambda L, mu, d: Implicit(CG(tol=1e-14), hvp_mode="forward-over-reverse"), newton),
     Case("implicit-cg-reverse-hvp",
          lambda L, mu, d: Implicit(CG(tol=1e-14), hvp_mode="reverse-over-reverse"), newton),
     Case("implicit-neumann", lambda L, mu, d: Implicit(Neumann(alpha=1.0 / L, steps=_gd_steps(L, mu))), newton),

@@ -55,3 +55,13 @@ def test_missing_forward_mode_rule_names_the_fallback():
     else:  # a torch that has the rule
         torch.testing.assert_close(out["w"], expected)
     torch.testing.assert_close(hvp(f_mse, p, p, mode="reverse-over-reverse")["w"], expected)
+
+
+def test_auto_mode_is_reverse_over_reverse_on_a_cpu():
+    from bilevel.hvp import resolve_hvp_mode
+
+    x = {"w": torch.ones(2)}
+    assert resolve_hvp_mode("auto", x) == "reverse-over-reverse"
+    assert resolve_hvp_mode("forward-over-reverse", x) == "forward-over-reverse"
+    f = lambda p: (p["w"] ** 3).sum()
+    torch.testing.assert_close(hvp(f, x, {"w": torch.ones(2)})["w"], torch.full((2,), 6.0))
