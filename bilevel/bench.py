@@ -295,11 +295,12 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, help="query examples per class (default 15; quick 5)")
     parser.add_argument("--repeats", type=int, help="timed rounds after one warm-up (default 5; quick 3)")
     parser.add_argument("--net", choices=["maxpool", "strided"], default="maxpool")
+    parser.add_argument("--channels", type=int, default=64, help="conv filters (default 64, the paper's net)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", help="write the JSON report (and a .md table beside it) here")
     args = parser.parse_args(argv)
-    c = BenchConfig(net=args.net, device=args.device, threads=args.threads)
+    c = BenchConfig(net=args.net, channels=args.channels, device=args.device, threads=args.threads)
     if args.quick:
         c.meta_batch, c.inner_steps, c.queries, c.repeats = 4, [1, 5], 5, 3
     if args.meta_batch:
