@@ -27,3 +27,11 @@ def test_concepts_page_snippets_run_and_agree():
     cg = hypergrad(problem, theta, train, val, backend=Implicit(CG(maxiter=20)))
     dense = namespace["result"]  # the last snippet's Implicit(Dense())
     assert float((cg.grad["log_l2"] - dense.grad["log_l2"]).norm()) <= 1e-4 * float(dense.grad["log_l2"].norm())
+
+
+def test_api_reference_names_every_public_name():
+    import bilevel
+
+    page = (README.parent / "docs" / "api.md").read_text()
+    documented = set(re.findall(r":::\s+\S+\.(\w+)", page)) | set(re.findall(r"`bilevel\.(\w+)`", page))
+    assert [n for n in bilevel.__all__ if n not in documented] == []
