@@ -33,7 +33,7 @@ from .linear_solve import _known_true
 from .problem import Loss, _scalar_checked
 from .tree import (Params, check_same_keys, tree_detach, tree_norm, tree_ravel, tree_sub, tree_unravel,
                    tree_where)
-from .validation import check_nonnegative, check_positive_int
+from .validation import check_nonnegative, check_int
 
 if TYPE_CHECKING:  # imported at call time below, so that bilevel.hypergrad may import this module
     from .hypergrad import HypergradBackend, Hypergradient
@@ -134,7 +134,7 @@ class FixedPointIteration(FixedPointSolver):
     damping: float = 1.0
 
     def __post_init__(self):
-        check_positive_int("FixedPointIteration", "steps", self.steps)
+        check_int("FixedPointIteration", "steps", self.steps)
         check_nonnegative("FixedPointIteration", "tol", self.tol)
         check_nonnegative("FixedPointIteration", "atol", self.atol)
         if not _in_half_open_unit(self.damping):
@@ -190,8 +190,8 @@ class Anderson(FixedPointSolver):
     mixing: float = 1.0
 
     def __post_init__(self):
-        check_positive_int("Anderson", "steps", self.steps)
-        check_positive_int("Anderson", "memory", self.memory)
+        check_int("Anderson", "steps", self.steps)
+        check_int("Anderson", "memory", self.memory)
         check_nonnegative("Anderson", "tol", self.tol)
         check_nonnegative("Anderson", "atol", self.atol)
         check_nonnegative("Anderson", "ridge", self.ridge)

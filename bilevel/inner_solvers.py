@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.func import grad_and_value
 
 from .tree import Params, tree_axpy, tree_detach, tree_zeros_like
-from .validation import check_positive, check_positive_int, check_unit_interval
+from .validation import check_positive, check_int, check_unit_interval
 
 __all__ = [
     "InnerSolver",
@@ -39,7 +39,7 @@ Objective = Callable[[Params], Tensor]
 
 
 def check_steps(call: str, steps) -> int:
-    return check_positive_int(call, "steps", steps)
+    return check_int(call, "steps", steps)
 
 
 class InnerSolver:

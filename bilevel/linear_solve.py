@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .errors import SolverError
-from .validation import check_choice, check_nonnegative, check_positive, check_positive_int
+from .validation import check_choice, check_nonnegative, check_positive, check_int
 from .tree import (Params, tree_axpy, tree_dot, tree_numel, tree_ravel, tree_sub,
                    tree_unravel, tree_where, tree_zeros_like)
 
@@ -126,7 +126,7 @@ def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: 
     """
     if maxiter is None:
         maxiter = max(tree_numel(b), 1)
-    check_positive_int("solve_cg", "maxiter", maxiter)
+    check_int("solve_cg", "maxiter", maxiter)
     check_nonnegative("solve_cg", "tol", tol)
     check_nonnegative("solve_cg", "atol", atol)
     check_nonnegative("solve_cg", "ridge", ridge)
@@ -188,7 +188,7 @@ def solve_neumann(matvec: Matvec, b: Params, *, init: Params | None = None, alph
         >>> torch.allclose(res.solution["x"], torch.full((2,), 2.0))
         True
     """
-    check_positive_int("solve_neumann", "steps", steps)
+    check_int("solve_neumann", "steps", steps)
     check_positive("solve_neumann", "alpha", alpha)
     check_nonnegative("solve_neumann", "tol", tol)
     check_nonnegative("solve_neumann", "atol", atol)
@@ -262,7 +262,7 @@ def solve_gmres(matvec: Matvec, b: Params, *, init: Params | None = None, maxite
         >>> torch.allclose(A @ res.solution["x"], torch.tensor([1.0, 2.0])), int(res.steps)
         (True, 2)
     """
-    check_positive_int("solve_gmres", "maxiter", maxiter)
+    check_int("solve_gmres", "maxiter", maxiter)
     check_nonnegative("solve_gmres", "tol", tol)
     check_nonnegative("solve_gmres", "atol", atol)
     like = b
@@ -362,7 +362,7 @@ class CG(LinearSolver):
 
     def __post_init__(self):
         if self.maxiter is not None:
-            check_positive_int("CG", "maxiter", self.maxiter)
+            check_int("CG", "maxiter", self.maxiter)
         check_choice("CG", "negative_curvature", self.negative_curvature, ("stop", "continue"))
         check_nonnegative("CG", "tol", self.tol)
         check_nonnegative("CG", "atol", self.atol)
@@ -383,7 +383,7 @@ class Neumann(LinearSolver):
     atol: float = 0.0
 
     def __post_init__(self):
-        check_positive_int("Neumann", "steps", self.steps)
+        check_int("Neumann", "steps", self.steps)
         check_positive("Neumann", "alpha", self.alpha)
         check_nonnegative("Neumann", "tol", self.tol)
         check_nonnegative("Neumann", "atol", self.atol)
@@ -419,7 +419,7 @@ class GMRES(LinearSolver):
     atol: float = 0.0
 
     def __post_init__(self):
-        check_positive_int("GMRES", "maxiter", self.maxiter)
+        check_int("GMRES", "maxiter", self.maxiter)
         check_nonnegative("GMRES", "tol", self.tol)
         check_nonnegative("GMRES", "atol", self.atol)
 

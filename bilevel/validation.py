@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["check_int", "check_positive_int", "check_positive", "check_nonnegative", "check_unit_interval",
+__all__ = ["check_int", "check_positive", "check_nonnegative", "check_unit_interval",
            "check_choice", "check_output_dir"]
 
 
@@ -41,7 +41,6 @@ def check_int(call: str | None, name: str, value, *, minimum: int = 1, fix: str 
 
 
 # The name the solvers and inner solvers import; the same check.
-check_positive_int = check_int
 
 
 def check_positive(call: str, name: str, value) -> float:
