@@ -40,9 +40,6 @@ def check_int(call: str | None, name: str, value, *, minimum: int = 1, fix: str 
     return value
 
 
-# The name the solvers and inner solvers import; the same check.
-
-
 def check_positive(call: str, name: str, value) -> float:
     if not _is_number(value) or not value > 0:
         raise ValueError(f"{call}: {name} must be a number > 0, got {value!r}.")
