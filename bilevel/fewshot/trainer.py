@@ -21,22 +21,20 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from ..data._common import atomic_write_text
-from ..errors import NonFiniteError
-from ..distributed import World, all_gather_tasks, init_world, reduce_hypergrad, take_share, task_share
-from ..hypergrad import Hypergradient, batched_hypergrad, map_tasks
-from ..tree import nested_leaves, nested_map
+from ..distributed import World, all_gather_tasks, init_world, take_share, task_share
+from ..hypergrad import map_tasks
 from ..validation import check_output_dir
 from .benchmarks import batch_to_tasks, make_benchmark
 from .checkpoint import CHECKPOINT, Checkpointer, Progress, load_checkpoint
 from .config import TrainConfig, load_config, resolve, save_config
 from .determinism import make_deterministic
-from .health import SolverHealth, nonfinite_error
+from .health import SolverHealth
+from .meta_step import MetaGradient, MetaStep, num_tasks, take_tasks
 from .interrupt import StopRequest, TrainingInterrupted
 from .meters import MemoryMeter, Stopwatch
 from .methods import MethodSetup, build_method
@@ -130,107 +128,6 @@ def validate(benchmark, model, method: MethodSetup, config: TrainConfig, device,
     scores = evaluate_params(benchmark, model, method.eval_problem, dict(model.named_parameters()), sampler,
                              config.val_tasks, config.meta_batch, device, config.chunk_size, vectorize, world=world)
     return mean_ci95(scores)
-
-
-# --- the meta-gradient of one meta-batch, with the solver-failure policy and the NaN stop
-
-def _take(tree, tasks: list[int]):
-    """Tasks ``tasks`` (dimension 0) of every tensor in a nest of tuples, lists and dicts."""
-    return nested_map(lambda t: t[torch.as_tensor(tasks, device=t.device)], tree)
-
-
-def _num_tasks(tree) -> int:
-    return nested_leaves(tree)[0].shape[0]
-
-
-def _is_finite(result: Hypergradient) -> bool:
-    return bool(torch.isfinite(result.loss).all()) and all(bool(torch.isfinite(g).all()) for g in result.grad.values())
-
-
-class MetaStep(NamedTuple):
-    """One iteration's meta-gradient.
-
-    Attributes:
-        result: the :class:`~bilevel.hypergrad.Hypergradient` over ``tasks``.
-        tasks: the meta-batch's tasks it averages (``None``: all of them).
-        failed: the tasks whose linear solve did not converge.
-        skipped: no outer step (``skip-task`` and every task failed).
-    """
-
-    result: Hypergradient
-    tasks: list[int] | None
-    failed: list[int]
-    skipped: bool
-
-
-class MetaGradient:
-    """The mean meta-gradient of a meta-batch, by ``method``'s backend.
-
-    Stops on a NaN or infinite loss or meta-gradient (:class:`~bilevel.errors.NonFiniteError`
-    naming the iteration and, rechecked one by one, the tasks) and applies ``health``'s
-    policy to the tasks whose linear solve failed: ``skip-task`` recomputes the mean over the
-    healthy tasks only (failures are rare, so recomputing is cheaper than always solving
-    tasks one by one).
-    """
-
-    def __init__(self, method: MethodSetup, health: SolverHealth, vectorize: bool, chunk_size: int | None,
-                 world: World | None = None):
-        self.method, self.health, self.vectorize, self.chunk_size = method, health, vectorize, chunk_size
-        self.world = world or World()
-
-    def compute(self, params, support, query, tasks: list[int] | None = None, split: bool = True) -> Hypergradient:
-        """The mean over ``tasks`` (default: all); under ``torchrun`` each rank computes its share
-        and the meta-gradient is all-reduced (``split=False``: every rank computes them all)."""
-        if tasks is not None:
-            support, query = _take(support, tasks), _take(query, tasks)
-        world = self.world if split else World()
-        total = _num_tasks(support)
-        if world.distributed:  # this rank's share of the tasks; the all-reduce below averages all
-            share = task_share(total, world)
-            support, query = take_share(support, share), take_share(query, share)
-        inner_solutions = None
-        if self.method.adapt is not None:  # the inner solutions come from another solver (official protocol)
-            theta = {k: v.detach() for k, v in params.items()}
-            inner_solutions = map_tasks(lambda s: self.method.adapt.solve_inner(theta, s, detach=True), support,
-                                        vectorize=self.vectorize, chunk_size=self.chunk_size)
-        result = batched_hypergrad(self.method.problem, params, support, query, backend=self.method.backend,
-                                   inner_solutions=inner_solutions, chunk_size=self.chunk_size,
-                                   vectorize=self.vectorize)
-        return reduce_hypergrad(result, total, world) if world.distributed else result
-
-    def __call__(self, iteration: int, params, support, query) -> MetaStep:
-        result = self._finite(iteration, params, support, query, None)
-        failed = self.health.check(iteration, result.stats)
-        if not failed or self.health.policy != "skip-task":
-            return MetaStep(result, None, failed, skipped=False)
-        healthy = [t for t in range(_num_tasks(support)) if t not in failed]
-        if not healthy:
-            return MetaStep(result, None, failed, skipped=True)
-        return MetaStep(self._finite(iteration, params, support, query, healthy), healthy, failed, skipped=False)
-
-    def _finite(self, iteration, params, support, query, tasks) -> Hypergradient:
-        try:
-            result = self.compute(params, support, query, tasks)
-        except NonFiniteError as exc:
-            raise nonfinite_error(iteration, self._nonfinite_tasks(params, support, query, tasks), str(exc)) from None
-        if not _is_finite(result):
-            losses = result.stats.get("task_loss")
-            numbering = tasks if tasks is not None else range(_num_tasks(support))
-            bad = [] if losses is None else [t for t, ok in zip(numbering, torch.isfinite(losses).tolist()) if not ok]
-            raise nonfinite_error(iteration, bad or self._nonfinite_tasks(params, support, query, tasks),
-                                  f"mean loss {float(result.loss)}")
-        return result
-
-    def _nonfinite_tasks(self, params, support, query, tasks) -> list[int]:
-        bad = []
-        for t in tasks if tasks is not None else range(_num_tasks(support)):
-            try:
-                finite = _is_finite(self.compute(params, support, query, [t], split=False))
-            except NonFiniteError:
-                finite = False
-            if not finite:
-                bad.append(t)
-        return bad
 
 
 # --- the training loop and its small helpers
@@ -375,9 +272,9 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
             step = meta_gradient(iteration, params, support, query)
             if not step.skipped:
                 _outer_step(optimizer, params, step.result.grad)
-            query_used = query if step.tasks is None else _take(query, step.tasks)
+            query_used = query if step.tasks is None else take_tasks(query, step.tasks)
             if world.distributed:  # the inner solutions are this rank's share
-                query_used = take_share(query_used, task_share(_num_tasks(query_used), world))
+                query_used = take_share(query_used, task_share(num_tasks(query_used), world))
             scores = map_tasks(lambda phi, q: benchmark.score(model, phi, q), step.result.inner_solution, query_used,
                                vectorize=vectorize, chunk_size=config.chunk_size)
             scores = all_gather_tasks(scores.double(), world) if world.distributed else scores

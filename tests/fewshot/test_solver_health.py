@@ -8,13 +8,15 @@ import json
 import pytest
 import torch
 
+import bilevel.fewshot.meta_step as meta_step_module
 import bilevel.fewshot.trainer as trainer_module
 from bilevel.errors import NonFiniteError, SolverError
 from bilevel.fewshot import TrainConfig, train
 from bilevel.fewshot.checkpoint import load_checkpoint
 from bilevel.fewshot.config import resolve
 from bilevel.fewshot.health import SolverHealth, failed_tasks
-from bilevel.fewshot.trainer import MetaGradient, setup
+from bilevel.fewshot.meta_step import MetaGradient
+from bilevel.fewshot.trainer import setup
 from bilevel.hypergrad import hypergrad
 
 SMALL = dict(benchmark="sinusoid", method="imaml-gd", iterations=4, val_every=100, val_tasks=4, meta_batch=4,
@@ -28,7 +30,7 @@ def train_records(run_dir):
 
 def mark_diverged(monkeypatch, failing: list[int]):
     """batched_hypergrad as usual, but on a full meta-batch the ``failing`` tasks report a diverged solve."""
-    real = trainer_module.batched_hypergrad
+    real = meta_step_module.batched_hypergrad
     calls = []
 
     def patched(*args, **kwargs):
@@ -41,7 +43,7 @@ def mark_diverged(monkeypatch, failing: list[int]):
         return result._replace(stats={**result.stats, "diverged": diverged,
                                       "residual_norm": diverged.double() * 0.5})
 
-    monkeypatch.setattr(trainer_module, "batched_hypergrad", patched)
+    monkeypatch.setattr(meta_step_module, "batched_hypergrad", patched)
     return calls
 
 
@@ -141,7 +143,7 @@ def test_a_nan_stops_training_naming_the_iteration_and_the_task(tmp_path, monkey
 def test_a_nan_returned_without_an_error_also_stops_training(tmp_path, monkeypatch):
     """Whether or not the backend raises, a non-finite result never reaches the optimizer; the
     task comes from ``stats["task_loss"]``."""
-    real = trainer_module.batched_hypergrad
+    real = meta_step_module.batched_hypergrad
 
     def nan_in_task_3(*args, **kwargs):
         result = real(*args, **kwargs)
@@ -149,7 +151,7 @@ def test_a_nan_returned_without_an_error_also_stops_training(tmp_path, monkeypat
         loss[3] = float("nan")
         return result._replace(loss=loss.mean(), stats={**result.stats, "task_loss": loss})
 
-    monkeypatch.setattr(trainer_module, "batched_hypergrad", nan_in_task_3)
+    monkeypatch.setattr(meta_step_module, "batched_hypergrad", nan_in_task_3)
     with pytest.raises(NonFiniteError, match=r"iteration 1: .* in tasks \[3\] of the meta-batch"):
         train(TrainConfig(**{**SMALL, "method": "maml"}), tmp_path, progress=False)
     assert not (tmp_path / "checkpoint.pt").exists()
