@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .hypergrad import Hypergradient, batched_hypergrad
+from .hypergrad import Hypergradient, _num_tasks, batched_hypergrad
 from .tree import Params, nested_map
 
 __all__ = ["World", "init_world", "task_share", "take_share", "all_gather_tasks", "distributed_hypergrad",
@@ -119,8 +119,7 @@ def distributed_hypergrad(problem, theta: Params, inner_batches, outer_batches, 
     if not world.distributed:
         return batched_hypergrad(problem, theta, inner_batches, outer_batches, backend=backend,
                                  inner_solutions=inner_solutions, **kwargs)
-    leaves = [t for t in _first_leaves(inner_batches)]
-    total = leaves[0].shape[0]
+    total = _num_tasks(inner_batches, outer_batches, inner_solutions)  # the same task count everywhere, checked
     share = task_share(total, world)
     if share.stop - share.start == 0:
         raise ValueError(f"distributed_hypergrad: rank {world.rank} has no task: the meta-batch ({total}) "
@@ -136,7 +135,8 @@ def reduce_hypergrad(local: Hypergradient, total: int, world: World) -> Hypergra
     """Every rank's :func:`~bilevel.batched_hypergrad` over its :func:`task_share` of ``total``
     tasks -> the global mean loss and hypergradient (one all-reduce of ``n_local * mean``) and
     every task's per-task ``stats``, gathered in task order. ``inner_solution`` stays local."""
-    n_local = task_share(total, world).stop - task_share(total, world).start
+    share = task_share(total, world)
+    n_local = share.stop - share.start
     names = list(local.grad)
     flat = torch.cat([local.grad[k].reshape(-1) * n_local for k in names]
                      + [(local.loss * n_local).reshape(1)])
@@ -153,12 +153,3 @@ def reduce_hypergrad(local: Hypergradient, total: int, world: World) -> Hypergra
             gathered = all_gather_tasks(value.reshape(n_local, -1).to(torch.float64), world)
             stats[key] = gathered.reshape(total, *value.shape[1:]).to(value.dtype)
     return Hypergradient(flat[-1], grads, local.inner_solution, stats)
-
-
-def _first_leaves(tree):
-    from .tree import nested_leaves
-
-    leaves = nested_leaves(tree)
-    if not leaves:
-        raise ValueError("distributed_hypergrad: the batches hold no tensor")
-    return leaves

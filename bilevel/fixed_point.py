@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .errors import SolverError
-from .linear_solve import _known_true
+from .linear_solve import _known_true, _threshold
 from .problem import Loss, _scalar_checked
 from .tree import (Params, check_same_keys, tree_detach, tree_norm, tree_ravel, tree_sub, tree_unravel,
                    tree_where)
@@ -89,10 +89,6 @@ def _check_map_output(call: str, z: Params, out) -> Params:
             raise ValueError(f"{call}: the map's output[{k!r}] has shape {tuple(out[k].shape)}, but z[{k!r}] "
                              f"has shape {tuple(z[k].shape)}. A fixed point needs map(z) shaped like z.")
     return dict(out)
-
-
-def _threshold(z_norm: Tensor, tol: float, atol: float) -> Tensor:
-    return torch.clamp(tol * z_norm, min=atol)
 
 
 class FixedPointSolver(abc.ABC):
