@@ -117,6 +117,9 @@ def _add_training_flags(p: argparse.ArgumentParser, with_method: bool = True) ->
                    f"({_d('cg_on_negative')})")
     h.add_argument("--hf-steps", type=_positive_int, help=f"Newton iterations of imaml-hf ({_d('hf_steps')})")
     h.add_argument("--hf-cg-steps", type=_positive_int, help=f"CG steps per Newton direction ({_d('hf_cg_steps')})")
+    h.add_argument("--hf-curvature", choices=CURVATURES,
+                   help="the matrix of imaml-hf's Newton systems: the Hessian of the proximal support loss or "
+                   f"its Gauss-Newton part J^T H_loss J + lambda I, as in Martens' Hessian-free ({_d('hf_curvature')})")
     h.add_argument("--truncate-steps", type=_positive_int, help=f"steps kept by --backend truncated "
                    f"({_d('truncate_steps')})")
     h.add_argument("--outer-lr", type=_positive_float, help=f"Adam learning rate ({_d('outer_lr')})")

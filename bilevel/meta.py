@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .inner_solvers import InnerSolver
-from .problem import BilevelProblem
+from .problem import BilevelProblem, Curvature
 from .tree import Params, check_same_keys
 
 __all__ = ["model_loss", "maml_problem", "imaml_problem", "proximal_penalty"]
@@ -57,8 +57,12 @@ def maml_problem(task_loss: TaskLoss, inner_solver: InnerSolver) -> BilevelProbl
     )
 
 
-def imaml_problem(task_loss: TaskLoss, lam: float, inner_solver: InnerSolver) -> BilevelProblem:
+def imaml_problem(task_loss: TaskLoss, lam: float, inner_solver: InnerSolver,
+                  inner_curvature: Curvature | None = None) -> BilevelProblem:
     """iMAML: inner ``task_loss(phi, support) + (lam/2)||phi - theta||^2`` from ``phi_0 = theta``.
+
+    ``inner_curvature`` (see :class:`BilevelProblem`) replaces the Hessian in second-order inner
+    solvers; it must include the proximal term's ``lam I``.
 
     Raises:
         ValueError: ``lam <= 0`` (the proximal term must make the inner problem strongly convex).
@@ -71,4 +75,5 @@ def imaml_problem(task_loss: TaskLoss, lam: float, inner_solver: InnerSolver) ->
         outer_loss=lambda phi, theta, query: task_loss(phi, query),
         inner_solver=inner_solver,
         inner_init="theta",
+        inner_curvature=inner_curvature,
     )

@@ -20,7 +20,8 @@ __all__ = ["NewtonCG"]
 class NewtonCG(InnerSolver):
     """Truncated Newton steps ``phi <- phi + a d`` with ``(H + damping I) d = -g`` solved by CG.
 
-    Each step: ``g = grad f(phi)``; ``cg_steps`` of CG with Hessian-vector products give
+    Each step: ``g = grad f(phi)``; ``cg_steps`` of CG with Hessian-vector products (or the
+    problem's ``inner_curvature``, e.g. Gauss-Newton, as in Martens' Hessian-free) give
     ``d``, stopping early on negative curvature (if that happens on the first CG step, the
     steepest-descent direction ``-g`` is used). The step size ``a`` is the largest of
     ``1, shrink, shrink^2, ...`` (``line_search_steps`` candidates) that satisfies the
@@ -49,10 +50,17 @@ class NewtonCG(InnerSolver):
             raise ValueError(f"NewtonCG: armijo must be in (0, 1), got {self.armijo!r}.")
         check_hvp_mode("NewtonCG", self.hvp_mode)
 
+    def matvec(self, f, phi):
+        """The Newton system's matrix at ``phi``: ``f.curvature(phi)`` where ``f`` (a problem's
+        :class:`~bilevel.problem.InnerObjective`) has one, else the Hessian of ``f``."""
+        curvature = getattr(f, "curvature", None)
+        matvec = curvature(phi) if curvature is not None else None
+        return matvec if matvec is not None else make_hvp(f, phi, self.hvp_mode)
+
     def step(self, f, phi, state):
         g, f0 = grad_and_value(f)(phi)
         minus_g = tree_scale(-1.0, g)
-        res = solve_cg(make_hvp(f, phi, self.hvp_mode), minus_g, maxiter=self.cg_steps,
+        res = solve_cg(self.matvec(f, phi), minus_g, maxiter=self.cg_steps,
                        tol=0.0, ridge=self.damping)
         direction = tree_where(res.steps == 0, minus_g, res.solution)
         slope = tree_dot(g, direction)

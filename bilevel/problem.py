@@ -19,10 +19,13 @@ from torch import Tensor
 from .inner_solvers import InnerSolver, run_inner
 from .tree import Params, check_same_keys, tree_detach
 
-__all__ = ["BilevelProblem", "Loss"]
+__all__ = ["BilevelProblem", "InnerObjective", "Loss", "Curvature"]
 
 Loss = Callable[[Params, Params, Any], Tensor]
 """``loss(phi, theta, batch) -> scalar Tensor``."""
+
+Curvature = Callable[[Params, Params, Any], Callable[[Params], Params]]
+"""``curvature(theta, phi, batch) -> (v -> M v)``: a curvature matrix of ``L_in`` at ``phi``."""
 
 
 def _scalar_checked(fn: Loss, name: str) -> Loss:
@@ -51,6 +54,10 @@ class BilevelProblem:
             ``inner_solution=`` to an implicit or first-order backend).
         inner_init: where ``phi`` starts: ``"theta"`` (meta-learning: ``phi_0 = theta``), a
             callable ``theta -> phi_0``, or a fixed dict (hyperparameter optimization).
+        inner_curvature: the matrix second-order inner solvers (:class:`~bilevel.NewtonCG`) use
+            in place of the Hessian of ``L_in``, as ``(theta, phi, batch) -> matvec``, e.g. a
+            Gauss-Newton matrix from :func:`~bilevel.make_ggn`; ``None``: the exact Hessian.
+            It changes how the inner problem is solved, not the problem.
 
     Example:
         >>> import torch
@@ -66,6 +73,7 @@ class BilevelProblem:
     outer_loss: Loss
     inner_solver: InnerSolver | None = None
     inner_init: str | Callable[[Params], Params] | Mapping[str, Tensor] = "theta"
+    inner_curvature: Curvature | None = None
 
     def __post_init__(self):
         for name in ("inner_loss", "outer_loss"):
@@ -75,6 +83,9 @@ class BilevelProblem:
         if self.inner_solver is not None and not isinstance(self.inner_solver, InnerSolver):
             raise TypeError(f"BilevelProblem: inner_solver must be an InnerSolver such as "
                             f"GradientDescent(lr=0.1, steps=10), got {type(self.inner_solver).__name__}.")
+        if self.inner_curvature is not None and not callable(self.inner_curvature):
+            raise TypeError("BilevelProblem: inner_curvature must be callable as (theta, phi, batch) -> matvec, "
+                            f"got {type(self.inner_curvature).__name__}.")
         init = self.inner_init
         if isinstance(init, str) and init != "theta":
             raise ValueError(f"BilevelProblem: inner_init={init!r} is unknown; use 'theta', a callable "
@@ -93,9 +104,9 @@ class BilevelProblem:
             return dict(self.inner_init)
         return dict(self.inner_init(theta))
 
-    def objective(self, theta: Params, batch) -> Callable[[Params], Tensor]:
+    def objective(self, theta: Params, batch) -> InnerObjective:
         """The inner objective ``phi -> L_in(phi, theta, batch)``."""
-        return lambda phi: self.inner_loss(phi, theta, batch)
+        return InnerObjective(self, theta, batch)
 
     def require_solver(self, call: str) -> InnerSolver:
         if self.inner_solver is None:
@@ -117,3 +128,23 @@ class BilevelProblem:
             return self.solve_inner(theta, batch, detach=True)
         check_same_keys(call, self.init_inner(theta), given, what="inner_solution")
         return tree_detach(given)
+
+
+@dataclass(frozen=True)
+class InnerObjective:
+    """``phi -> L_in(phi, theta, batch)`` for one ``theta`` and batch: what inner solvers minimize.
+
+    ``curvature(phi)`` is the problem's ``inner_curvature`` at ``phi`` (``None`` if it has none:
+    solvers then use the Hessian of this function).
+    """
+
+    problem: BilevelProblem
+    theta: Params
+    batch: Any
+
+    def __call__(self, phi: Params) -> Tensor:
+        return self.problem.inner_loss(phi, self.theta, self.batch)
+
+    def curvature(self, phi: Params) -> Callable[[Params], Params] | None:
+        build = self.problem.inner_curvature
+        return None if build is None else build(self.theta, phi, self.batch)

@@ -49,6 +49,8 @@ CASES = [
     ("policy-for-fomaml", ["train", "--method", "fomaml", "--on-solver-failure", "stop"], "--on-solver-failure"),
     ("official-for-maml", ["train", "--method", "maml", "--protocol", "official"], "--protocol"),
     ("gauss-newton-for-maml", ["train", "--method", "maml", "--curvature", "gauss-newton"], "--curvature"),
+    ("hf-curvature-for-imaml-gd", ["train", "--method", "imaml-gd", "--hf-curvature", "gauss-newton"],
+     "--hf-curvature"),
     ("truncate-without-backend", ["train", "--truncate-steps", "3"], "--truncate-steps"),
     ("truncate-past-inner", ["train", "--backend", "truncated", "--inner-steps", "2", "--truncate-steps", "5"],
      "--truncate-steps"),

@@ -101,3 +101,39 @@ def test_newton_cg_under_vmap_equals_loop():
     batched = vmap(lambda c: run_inner(solver, f(c), {"x": x0})[0]["x"])(cs)
     for i in range(3):
         torch.testing.assert_close(batched[i], run_inner(solver, f(cs[i]), {"x": x0})[0]["x"], rtol=1e-12, atol=1e-14)
+
+
+def _least_squares_problem(curvature):
+    """iMAML's proximal problem for a linear model ``A w`` under 0.5 ||A w - y||^2, lam = 0.5."""
+    from bilevel import imaml_problem, make_ggn
+    g = torch.Generator().manual_seed(1)
+    A, y = torch.randn(6, 3, generator=g, dtype=DTYPE), torch.randn(6, generator=g, dtype=DTYPE)
+    outputs, criterion = (lambda p, x: x @ p["w"]), (lambda out, t: 0.5 * ((out - t) ** 2).sum())
+    ggn = (lambda theta, phi, b: make_ggn(lambda p: outputs(p, b[0]), lambda o: criterion(o, b[1]), phi, ridge=0.5))
+    problem = imaml_problem(lambda p, b: criterion(outputs(p, b[0]), b[1]), 0.5, NewtonCG(steps=1, cg_steps=3),
+                            inner_curvature=ggn if curvature else None)
+    return problem, A, y
+
+
+@pytest.mark.parametrize("curvature", [False, True], ids=["hessian", "gauss-newton"])
+def test_newton_cg_with_the_problems_curvature_solves_least_squares_exactly(curvature):
+    """For a linear model the Gauss-Newton matrix is the Hessian: one Newton step of 3 CG steps
+    (3 unknowns) reaches (A^T A + lam I)^-1 (A^T y + lam theta) either way."""
+    problem, A, y = _least_squares_problem(curvature)
+    theta = {"w": torch.tensor([0.3, -0.2, 1.0], dtype=DTYPE)}
+    phi = problem.solve_inner(theta, (A, y))
+    exact = torch.linalg.solve(A.T @ A + 0.5 * torch.eye(3, dtype=DTYPE), A.T @ y + 0.5 * theta["w"])
+    torch.testing.assert_close(phi["w"], exact, rtol=1e-10, atol=1e-12)
+
+
+def test_newton_cg_uses_the_problems_curvature():
+    """A curvature that is not the Hessian (here 4x it) changes the step: NewtonCG really uses it."""
+    from bilevel import BilevelProblem
+    f = lambda phi, theta, b: 0.5 * ((phi["x"] - b) ** 2).sum()
+    four_h = lambda theta, phi, b: (lambda v: {"x": 4.0 * v["x"]})
+    solver = NewtonCG(steps=1, cg_steps=1, line_search_steps=1)
+    b = torch.tensor([2.0], dtype=DTYPE)
+    plain = BilevelProblem(f, f, solver, inner_init={"x": torch.zeros(1, dtype=DTYPE)})
+    scaled = BilevelProblem(f, f, solver, inner_init={"x": torch.zeros(1, dtype=DTYPE)}, inner_curvature=four_h)
+    torch.testing.assert_close(plain.solve_inner({}, b)["x"], b)  # the full Newton step
+    torch.testing.assert_close(scaled.solve_inner({}, b)["x"], b / 4)

@@ -72,6 +72,7 @@ class TrainConfig:
     curvature: str | None = None
     hf_steps: int | None = None
     hf_cg_steps: int | None = None
+    hf_curvature: str | None = None
     truncate_steps: int | None = None
     outer_lr: float | None = None
     outer_eps: float | None = None
@@ -115,6 +116,7 @@ DEFAULTS: dict[str, Any] = dict(
     benchmark="sinusoid", method="imaml-gd", protocol="paper",
     lam=2.0, lam_scale="sum",  # lambda = 2 learns only summed: docs/reproduction.md
     cg_steps=5, cg_damping=0.0, cg_on_negative="continue", curvature="hessian", hf_cg_steps=5,
+    hf_curvature="hessian",
     truncate_steps=Rule(_half_inner_steps, "half of --inner-steps"),
     outer_lr=1e-3, outer_eps=1e-8, init="torch", vectorize="auto",
     # auto: reverse-over-reverse on a CPU, 3x faster than forward-over-reverse for these nets
@@ -248,6 +250,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         _check_choice("net", c.net, NETS)
     _check_choice("init", c.init, INITS)
     _check_choice("curvature", c.curvature, CURVATURES)
+    _check_choice("hf_curvature", c.hf_curvature, CURVATURES)
     _check_choice("cg_on_negative", c.cg_on_negative, CG_ON_NEGATIVE)
     _check_choice("hvp_mode", c.hvp_mode, HVP_MODES)
     _check_choice("vectorize", c.vectorize, VECTORIZE)
@@ -321,7 +324,7 @@ _APPLIES = {
     "protocol": ("method", "imaml-gd", lambda b, m, k: m.name == "imaml-gd"),
     "lam": _IMAML, "lam_scale": _IMAML,
     "inner_steps": _GD, "inner_lr": _GD,
-    "hf_steps": _NEWTON, "hf_cg_steps": _NEWTON,
+    "hf_steps": _NEWTON, "hf_cg_steps": _NEWTON, "hf_curvature": _NEWTON,
     "cg_steps": _CG, "cg_damping": _CG, "cg_on_negative": _CG,
     "curvature": ("backend", "the implicit backend (imaml-gd, imaml-hf)", lambda b, m, k: k == "implicit"),
     "hvp_mode": ("backend", "the implicit backend and imaml-hf's Newton-CG",
@@ -377,6 +380,9 @@ def differences_from_paper(c: TrainConfig) -> list[str]:
             notes.append("initialization: PyTorch's default (the official code: xavier gain 1.73)")
         if c.curvature != "hessian" or c.cg_damping or c.cg_on_negative != "continue":
             notes.append("meta-gradient's linear system changed (curvature, damping or CG stop): a study, not the paper")
+        if c.method == "imaml-hf" and c.hf_curvature != "hessian":
+            notes.append("imaml-hf's Newton systems use the Gauss-Newton matrix (Martens' Hessian-free); the paper "
+                         "says Hessian-free / Newton-CG without naming the matrix")
     if c.net != "strided":
         notes.append(f"net: {c.net} (MAML and the official code use the strided conv4 on Omniglot)")
     if c.meta_batch != 32 or c.iterations < 20000:

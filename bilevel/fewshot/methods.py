@@ -116,7 +116,7 @@ def build_method(config, task_loss, outputs=None, criterion=None) -> MethodSetup
     """The :class:`MethodSetup` of a resolved :class:`~bilevel.fewshot.config.TrainConfig`.
 
     ``outputs(params, x)`` and ``criterion(out, y)`` (with ``task_loss = criterion(outputs)``) are
-    needed only for ``curvature="gauss-newton"``.
+    needed only for ``curvature="gauss-newton"`` or ``hf_curvature="gauss-newton"``.
     """
     method = METHODS[config.method]
     if method.inner_solver == "gd":
@@ -137,7 +137,12 @@ def build_method(config, task_loss, outputs=None, criterion=None) -> MethodSetup
         return MethodSetup(problem, backend, adapt=maml_problem(task_loss, pull),
                            eval_problem=maml_problem(task_loss, solver))  # lam = 0 at test
     if method.problem == "imaml":
-        problem = imaml_problem(task_loss, config.lam_effective, solver)
+        inner_curvature = None
+        if config.hf_curvature == "gauss-newton" and method.inner_solver == "newton-cg":
+            if outputs is None or criterion is None:
+                raise ValueError("build_method: hf_curvature='gauss-newton' needs outputs= and criterion=")
+            inner_curvature = _gauss_newton(outputs, criterion, config.lam_effective)
+        problem = imaml_problem(task_loss, config.lam_effective, solver, inner_curvature)
     else:
         problem = maml_problem(task_loss, solver)
     return MethodSetup(problem, backend, adapt=None, eval_problem=problem)
