@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from bilevel.distributed import World, task_share
@@ -27,11 +28,23 @@ def test_task_shares_are_disjoint_and_cover_the_meta_batch():
             assert covered == list(range(total)), (total, size)
 
 
-def test_two_processes_give_the_single_process_meta_gradient(tmp_path):
-    out = tmp_path / "result.pt"
-    proc = torchrun(WORKER, out)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = torch.load(out)
+def _train_args(out, *extra):
+    return ["train", "--benchmark", "sinusoid", "--method", "imaml-gd", "--iterations", "3", "--meta-batch", "4",
+            "--val-every", "3", "--val-tasks", "6", "--inner-steps", "3", "--quiet", "--device", "cpu",
+            "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """One torchrun launch of 2 processes: the meta-gradient check, then `bilevel train`."""
+    folder = tmp_path_factory.mktemp("torchrun")
+    proc = torchrun(WORKER, folder / "result.pt", *_train_args(folder / "two"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder
+
+
+def test_two_processes_give_the_single_process_meta_gradient(two_process_run):
+    r = torch.load(two_process_run / "result.pt")
     assert r["world"] == 2
     torch.testing.assert_close(r["distributed"], r["single"], rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(r["loss"][0], r["loss"][1], rtol=1e-13, atol=0)
@@ -45,21 +58,13 @@ def test_a_failing_rank_ends_the_job(tmp_path):
     assert not (tmp_path / "never.pt").exists()
 
 
-def _train_args(out, *extra):
-    return ["-m", "bilevel", "train", "--benchmark", "sinusoid", "--method", "imaml-gd", "--iterations", "3",
-            "--meta-batch", "4", "--val-every", "3", "--val-tasks", "6", "--inner-steps", "3", "--quiet",
-            "--device", "cpu", "--out", str(out), *extra]
-
-
-def test_bilevel_train_under_torchrun_equals_one_process(tmp_path):
+def test_bilevel_train_under_torchrun_equals_one_process(tmp_path, two_process_run):
     """`bilevel train` unchanged under torchrun: 2 processes, same seed and global meta-batch,
     give the one-process meta-parameters and validation score; only rank 0 writes."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    single = subprocess.run([sys.executable, *_train_args(one)], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert single.returncode == 0, single.stderr[-2000:]
-    proc = torchrun(*_train_args(two))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from bilevel.cli import main
+
+    one, two = tmp_path / "one", two_process_run / "two"
+    assert main(_train_args(one)) in (0, None)
     a, b = torch.load(one / "checkpoint.pt")["model"], torch.load(two / "checkpoint.pt")["model"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)

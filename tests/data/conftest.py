@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from real_data import real_omniglot_archives
 
 # A 5-character stand-in for Omniglot: 3 characters in images_background, 2 in images_evaluation.
 # The alphabets are deliberately not in sorted order here, and "Zeta" sorts after "Alpha".
@@ -105,19 +106,7 @@ def _isolated_user_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("BILEVEL_DATA", raising=False)
 
 
-def _real_omniglot_dir() -> Path | None:
-    candidates = []
-    if os.environ.get("BILEVEL_OMNIGLOT_DIR"):
-        candidates.append(Path(os.environ["BILEVEL_OMNIGLOT_DIR"]))
-    # shared/ lies beside the checkout: <parent>/shared/data/omniglot
-    candidates.append(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "omniglot")
-    for c in candidates:
-        if (c / "images_background.zip").is_file() and (c / "images_evaluation.zip").is_file():
-            return c
-    return None
-
-
-REAL_OMNIGLOT_DIR = _real_omniglot_dir()
+REAL_OMNIGLOT_DIR = real_omniglot_archives()
 
 
 @pytest.fixture(scope="session")
@@ -129,13 +118,13 @@ def real_omniglot_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_omniglot_cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("omniglot-cache")
+def real_omniglot_cache_dir(real_omniglot_cache) -> Path:
+    return real_omniglot_cache
 
 
 @pytest.fixture(scope="session")
 def real_omniglot(real_omniglot_dir, real_omniglot_cache_dir):
-    """The full Omniglot set, decoded once per session into a session tmp cache (about 8 s)."""
+    """The full Omniglot set, from the run's shared decoded cache (tests/conftest.py)."""
     from bilevel.data import load_omniglot
 
     return load_omniglot(real_omniglot_dir, download=False, progress=False, cache_dir=real_omniglot_cache_dir)

@@ -1,30 +1,20 @@
 import os
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def real_omniglot_dir() -> Path | None:
-    for c in [os.environ.get("BILEVEL_OMNIGLOT_DIR"), REPO.parent / "shared" / "data" / "omniglot"]:
-        if c and (Path(c) / "images_background.zip").is_file() and (Path(c) / "images_evaluation.zip").is_file():
-            return Path(c)
-    return None
+from real_data import real_omniglot_archives
 
 
 @pytest.fixture(scope="session")
-def omniglot_root(tmp_path_factory):
-    """The real archives, with the 28x28 cache in a session tmp folder (decoded once, ~6 s)."""
-    root = real_omniglot_dir()
-    if root is None:
-        pytest.skip("real Omniglot archives not found (shared/data/omniglot or $BILEVEL_OMNIGLOT_DIR)")
-    cache = tmp_path_factory.mktemp("xdg-cache")
+def omniglot_root(tmp_path_factory, real_omniglot_cache):
+    """A data root with the real archives and their decoded cache (links, so nothing is decoded
+    again), and $XDG_CACHE_HOME in a session tmp folder so that nothing is written to the user's."""
+    root = tmp_path_factory.mktemp("omniglot-root")
+    archives = real_omniglot_archives()
+    for name in ("images_background.zip", "images_evaluation.zip"):
+        (root / name).symlink_to(archives / name)
+    (root / "omniglot_28x28.pt").symlink_to(real_omniglot_cache / "omniglot_28x28.pt")
     old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(cache)
-    from bilevel.data import load_omniglot
-
-    load_omniglot(root, progress=False)
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
     yield root
     if old is None:
         os.environ.pop("XDG_CACHE_HOME", None)

@@ -41,6 +41,19 @@ def start_training(run_dir: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The reference: the same run, never stopped (on one thread, like the child)."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", *FLAGS, "--out", str(run_dir)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir
+
+
 def wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not (run_dir / "checkpoint.pt").exists():
@@ -82,7 +95,7 @@ def wait_for_a_record_after_the_checkpoint(run_dir: Path) -> None:
         time.sleep(0.002)
 
 
-def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, one_thread):
+def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, one_thread, uninterrupted):
     proc = start_training(tmp_path / "killed")
     wait_for_checkpoint(proc, tmp_path / "killed")
     wait_for_a_record_after_the_checkpoint(tmp_path / "killed")
@@ -94,11 +107,10 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, one_t
     assert not list((tmp_path / "killed").glob("*.tmp"))
 
     assert main(["train", "--resume", str(tmp_path / "killed"), "--iterations", str(ITERATIONS), "--quiet"]) == 0
-    assert main(["train", *FLAGS, "--out", str(tmp_path / "uninterrupted")]) == 0
-    assert_same_parameters(tmp_path / "uninterrupted", tmp_path / "killed")
+    assert_same_parameters(uninterrupted, tmp_path / "killed")
 
 
-def test_ctrl_c_saves_the_last_completed_iteration_and_exits_130(tmp_path, one_thread):
+def test_ctrl_c_saves_the_last_completed_iteration_and_exits_130(tmp_path, one_thread, uninterrupted):
     run_dir = tmp_path / "stopped"
     proc = start_training(run_dir)
     wait_for_checkpoint(proc, run_dir)
@@ -115,8 +127,7 @@ def test_ctrl_c_saves_the_last_completed_iteration_and_exits_130(tmp_path, one_t
     assert not (run_dir / "summary.json").exists()
 
     assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
-    assert main(["train", *FLAGS, "--out", str(tmp_path / "uninterrupted")]) == 0
-    assert_same_parameters(tmp_path / "uninterrupted", run_dir)
+    assert_same_parameters(uninterrupted, run_dir)
 
 
 def test_same_seed_same_device_same_parameters(tmp_path, one_thread):
