@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.func import grad_and_value, vmap
+from torch.func import vmap
 
 from .hvp import check_hvp_mode, make_hvp
-from .inner_solvers import InnerSolver, check_steps
+from .inner_solvers import InnerSolver, check_steps, objective_grad
 from .linear_solve import solve_cg
 from .tree import tree_axpy, tree_dot, tree_scale, tree_where
 from .validation import check_nonnegative
@@ -58,7 +58,7 @@ class NewtonCG(InnerSolver):
         return matvec if matvec is not None else make_hvp(f, phi, self.hvp_mode)
 
     def step(self, f, phi, state):
-        g, f0 = grad_and_value(f)(phi)
+        g, f0 = objective_grad(f, phi)
         minus_g = tree_scale(-1.0, g)
         res = solve_cg(self.matvec(f, phi), minus_g, maxiter=self.cg_steps,
                        tol=0.0, ridge=self.damping)
