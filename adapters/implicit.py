@@ -15,9 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch.func import grad, grad_and_value, vjp
 
-from bilevel.hvp import check_hvp_mode, make_hvp
+from bilevel.eager import eager_ok
+from bilevel.hvp import check_hvp_mode, make_hvp, resolve_hvp_mode
 from bilevel.hypergrad import HypergradBackend, Hypergradient
 from bilevel.linear_solve import CG, LinearSolver, check_linear_solver
 from bilevel.problem import Loss
@@ -37,6 +39,9 @@ def implicit_hypergrad(inner_loss: Loss, outer_loss: Loss, theta: Params, phi: P
     ``||grad_phi L_in(phi, theta)||`` that the theorem assumes to be 0. ``matvec``, if given,
     builds the operator in place of the inner Hessian: ``matvec(theta, phi, inner_batch) -> (v -> A v)``.
     """
+    if resolve_hvp_mode(hvp_mode, phi) == "reverse-over-reverse" and eager_ok(theta, phi, inner_batch, outer_batch):
+        return _implicit_hypergrad_autograd(inner_loss, outer_loss, theta, phi, inner_batch, outer_batch,
+                                            linear_solver, matvec)
     (g_phi, g_theta), loss = grad_and_value(outer_loss, argnums=(0, 1))(phi, theta, outer_batch)
     if matvec is None:
         operator = make_hvp(lambda p: inner_loss(p, theta, inner_batch), phi, hvp_mode)
@@ -47,6 +52,39 @@ def implicit_hypergrad(inner_loss: Loss, outer_loss: Loss, theta: Params, phi: P
     (mixed,) = mixed_vjp(solve.solution)
     # The theorem assumes grad_phi L_in(phi) = 0: report how far the given phi is from it.
     stats = {**solve.diagnostics(), "inner_grad_norm": tree_norm(inner_grad).detach()}
+    return Hypergradient(loss.detach(), tree_sub(g_theta, mixed), phi, stats)
+
+
+def _leaves(tree: Params) -> Params:
+    return {k: v.detach().requires_grad_(True) for k, v in tree.items()}
+
+
+def _grads(output, inputs: Params, **kw) -> Params:
+    out = torch.autograd.grad(output, list(inputs.values()), allow_unused=True, **kw)
+    return {k: torch.zeros_like(inputs[k]) if g is None else g for k, g in zip(inputs, out)}
+
+
+def _implicit_hypergrad_autograd(inner_loss, outer_loss, theta, phi, inner_batch, outer_batch, linear_solver,
+                                 matvec) -> Hypergradient:
+    """:func:`implicit_hypergrad` in reverse-over-reverse mode with plain autograd (``bilevel.eager``):
+    one graph of ``grad_phi L_in`` serves every Hessian-vector product and the mixed term."""
+    with torch.enable_grad():
+        p, th = _leaves(phi), _leaves(theta)
+        loss = outer_loss(p, th, outer_batch)
+        both = _grads(loss, {**{("phi", k): v for k, v in p.items()}, **{("theta", k): v for k, v in th.items()}})
+        g_phi = {k: both[("phi", k)] for k in p}
+        g_theta = {k: both[("theta", k)] for k in th}
+        inner_grad = _grads(inner_loss(p, th, inner_batch), p, create_graph=True)
+        keys = list(p)
+        if matvec is None:
+            def operator(v):
+                return _grads([inner_grad[k] for k in keys], p, grad_outputs=[v[k] for k in keys], retain_graph=True)
+        else:
+            operator = matvec(theta, phi, inner_batch)
+        solve = linear_solver(operator, g_phi)
+        w = solve.solution
+        mixed = _grads([inner_grad[k] for k in keys], th, grad_outputs=[w[k] for k in keys])
+    stats = {**solve.diagnostics(), "inner_grad_norm": tree_norm({k: v.detach() for k, v in inner_grad.items()})}
     return Hypergradient(loss.detach(), tree_sub(g_theta, mixed), phi, stats)
 
 

@@ -165,3 +165,24 @@ def test_grad_of_vmapped_mean_through_batchnorm_is_caught(tasks):
     if err < TOL:
         pytest.skip(f"this torch ({torch.__version__}) no longer has the trap (error {err:.1e})")
     assert err > 1e3 * TOL
+
+
+def test_one_implicit_task_on_a_cpu_takes_plain_autograd_with_the_vmap_numbers(tasks, monkeypatch):
+    """Outside torch.func transforms, reverse-over-reverse Implicit runs on plain autograd
+    (bilevel.eager); under vmap it cannot. Both give the same hypergradient and diagnostics."""
+    from bilevel.adapters import implicit as implicit_module
+
+    net, theta, support, query = tasks
+    problem = imaml_problem(net_loss(net), LAM, GradientDescent(lr=0.1, steps=6))
+    backend = Implicit(CG(maxiter=8, tol=0.0), hvp_mode="reverse-over-reverse")
+    calls = []
+    real = implicit_module._implicit_hypergrad_autograd
+    monkeypatch.setattr(implicit_module, "_implicit_hypergrad_autograd", lambda *a: calls.append(1) or real(*a))
+    eager = hypergrad(problem, theta, *task(0, support, query), backend=backend)
+    assert calls == [1]
+    under_vmap = batched_hypergrad(problem, theta, tuple(t[:1] for t in support), tuple(t[:1] for t in query),
+                                   backend=backend)
+    assert calls == [1]  # vmap took the torch.func path
+    assert rel_err(under_vmap.grad, eager.grad) < TOL
+    for k in ("residual_norm", "inner_grad_norm"):
+        torch.testing.assert_close(under_vmap.stats[k][0], eager.stats[k], rtol=1e-8, atol=1e-14)
