@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch.func import grad_and_value
 
+from bilevel.eager import eager_ok
 from bilevel.hypergrad import HypergradBackend, Hypergradient, reject_inner_solution
+from bilevel.inner_solvers import autograd_steps
 from bilevel.tree import tree_detach
 
 __all__ = ["Unrolled"]
@@ -17,7 +20,9 @@ class Unrolled(HypergradBackend):
     """``grad_theta L_out(phi_S(theta), theta)`` where ``phi_S`` is the inner solver's last iterate.
 
     Exact for the unrolled computation (not for ``phi*``): its memory grows linearly with
-    the number of inner steps ``S``, since every step's graph is kept.
+    the number of inner steps ``S``, since every step's graph is kept. Outside ``torch.func``
+    transforms (one task, or a loop over tasks) it backpropagates with plain autograd
+    (``bilevel.eager``), under ``vmap`` with ``torch.func``: the same numbers.
 
     Example:
         >>> from bilevel import hypergrad, Unrolled  # doctest: +SKIP
@@ -32,5 +37,12 @@ class Unrolled(HypergradBackend):
             phi = problem.solve_inner(th, inner_batch)
             return problem.outer_loss(phi, th, outer_batch), phi
 
-        g, (loss, phi) = grad_and_value(outer_of_theta, has_aux=True)(theta)
+        if eager_ok(theta, inner_batch, outer_batch):
+            with torch.enable_grad(), autograd_steps():
+                th = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
+                loss, phi = outer_of_theta(th)
+                grads = torch.autograd.grad(loss, list(th.values()), allow_unused=True)
+            g = {k: torch.zeros_like(th[k]) if d is None else d for k, d in zip(th, grads)}
+        else:
+            g, (loss, phi) = grad_and_value(outer_of_theta, has_aux=True)(theta)
         return Hypergradient(loss.detach(), g, tree_detach(phi), {})

@@ -14,6 +14,7 @@ The step counter in a state is a Python ``int``: it drives no tensor control flo
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,25 +40,41 @@ __all__ = [
 
 Objective = Callable[[Params], Tensor]
 
-# True while run_inner(detach=True) runs: no one differentiates through these steps.
-_DETACHED_STEPS = contextvars.ContextVar("bilevel_detached_steps", default=False)
+# How objective_grad differentiates: "func" (torch.func, always correct), "detached" (inside
+# run_inner(detach=True): no one differentiates through the steps) or "graph" (inside
+# autograd_steps(): the caller backpropagates through the steps with torch.autograd).
+_STEP_GRADIENTS = contextvars.ContextVar("bilevel_step_gradients", default="func")
+
+
+@contextlib.contextmanager
+def autograd_steps():
+    """Inner steps run inside take ``torch.autograd`` gradients with ``create_graph=True``, so
+    that a caller outside every ``torch.func`` transform can backpropagate through them."""
+    token = _STEP_GRADIENTS.set("graph")
+    try:
+        yield
+    finally:
+        _STEP_GRADIENTS.reset(token)
 
 
 def objective_grad(f: Objective, phi: Params) -> tuple[Params, Tensor]:
     """``(grad f(phi), f(phi))``, as ``torch.func.grad_and_value(f)(phi)``.
 
-    Inside ``run_inner(detach=True)`` and outside every ``torch.func`` transform (the implicit
-    and first-order backends on one task, or looping over tasks), it takes plain
-    ``torch.autograd`` instead: the same numbers, without the transform's per-operation cost
-    (``bilevel.eager``).
+    Outside every ``torch.func`` transform, inside ``run_inner(detach=True)`` (the implicit and
+    first-order backends) or :func:`autograd_steps` (the unrolled backend on one task), it takes
+    plain ``torch.autograd`` instead: the same numbers without the transform's per-operation
+    cost (``bilevel.eager``).
     """
-    if _DETACHED_STEPS.get() and not transforms_active():
-        with torch.enable_grad():
-            leaves = {k: v.detach().requires_grad_(True) for k, v in phi.items()}
-            value = f(leaves)
-            grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
-        return {k: torch.zeros_like(leaves[k]) if g is None else g for k, g in zip(leaves, grads)}, value.detach()
-    return grad_and_value(f)(phi)
+    mode = _STEP_GRADIENTS.get()
+    if mode == "func" or transforms_active():
+        return grad_and_value(f)(phi)
+    graph = mode == "graph"
+    with torch.enable_grad():
+        leaves = {k: v if graph and v.requires_grad else v.detach().requires_grad_(True) for k, v in phi.items()}
+        value = f(leaves)
+        grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True, create_graph=graph)
+    grads = {k: torch.zeros_like(leaves[k]) if g is None else g for k, g in zip(leaves, grads)}
+    return grads, value if graph else value.detach()
 
 
 def check_steps(call: str, steps) -> int:
@@ -90,14 +107,15 @@ def run_inner(solver: InnerSolver, f: Objective, phi: Params, state: Any = None,
     """
     if state is None:
         state = solver.init(phi)
-    token = _DETACHED_STEPS.set(detach)
+    token = _STEP_GRADIENTS.set("detached") if detach else None
     try:
         for _ in range(solver.steps if steps is None else steps):
             phi, state = solver.step(f, phi, state)
             if detach:
                 phi, state = tree_detach(phi), _detach_state(state)
     finally:
-        _DETACHED_STEPS.reset(token)
+        if token is not None:
+            _STEP_GRADIENTS.reset(token)
     return phi, state
 
 

@@ -186,3 +186,19 @@ def test_one_implicit_task_on_a_cpu_takes_plain_autograd_with_the_vmap_numbers(t
     assert rel_err(under_vmap.grad, eager.grad) < TOL
     for k in ("residual_norm", "inner_grad_norm"):
         torch.testing.assert_close(under_vmap.stats[k][0], eager.stats[k], rtol=1e-8, atol=1e-14)
+
+
+def test_one_unrolled_task_on_a_cpu_backpropagates_with_plain_autograd(tasks, monkeypatch):
+    """Unrolled outside torch.func transforms runs its steps with create_graph autograd
+    (bilevel.eager) and gets vmap's (torch.func's) meta-gradient."""
+    net, theta, support, query = tasks
+    problem = maml_problem(net_loss(net), Momentum(lr=0.2, steps=3))
+    calls = []
+    real = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(k.get("create_graph")) or real(*a, **k))
+    eager = hypergrad(problem, theta, *task(0, support, query), backend=Unrolled())
+    assert calls.count(True) == 3 and len(calls) == 4  # 3 differentiable steps, then the meta-gradient
+    monkeypatch.setattr(torch.autograd, "grad", real)
+    under_vmap = batched_hypergrad(problem, theta, tuple(t[:1] for t in support), tuple(t[:1] for t in query),
+                                   backend=Unrolled())
+    assert rel_err(under_vmap.grad, eager.grad) < TOL
