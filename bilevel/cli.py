@@ -127,6 +127,9 @@ def _add_training_flags(p: argparse.ArgumentParser, with_method: bool = True) ->
     h.add_argument("--meta-batch", type=_positive_int, help=f"tasks per meta-iteration ({_d('meta_batch')})")
     h.add_argument("--chunk-size", type=_positive_int, help=f"tasks per vmap chunk, to bound memory "
                    f"({_d('chunk_size')})")
+    h.add_argument("--memory-budget", dest="memory_budget_mb", metavar="MB", type=_positive_float,
+                   help="CUDA memory one meta-step may add (MB): the largest vmap chunk that fits, measured on a "
+                   f"validation meta-batch before training; not with --chunk-size, CUDA only ({_d('memory_budget_mb')})")
     h.add_argument("--hvp-mode", choices=HVP_MODES,
                    help="Hessian-vector products of the implicit backend and Newton-CG (reverse-over-reverse is "
                    f"3x faster than forward-over-reverse on a CPU here) ({_d('hvp_mode')})")

@@ -56,6 +56,10 @@ CASES = [
      "--truncate-steps"),
     ("data-root-for-sinusoid", ["train", "--data-root", "{empty}"], "--data-root"),
     ("lam-for-no-method", ["compare", "--methods", "maml,fomaml", "--lam", "3"], "--lam"),
+    ("memory-budget-and-chunk-size", ["train", "--memory-budget", "100", "--chunk-size", "2"], "--chunk-size"),
+    ("memory-budget-on-cpu", ["train", "--memory-budget", "100", "--device", "cpu", *RUN], "CUDA"),
+    ("memory-budget-for-higher", ["train", "--method", "maml", "--backend", "higher", "--memory-budget", "100"],
+     "--memory-budget"),
     # data roots
     ("data-root-missing", ["train", "--benchmark", "omniglot", "--data-root", "{tmp}/nowhere", *RUN], "nowhere"),
     ("data-root-is-file", ["train", "--benchmark", "omniglot", "--data-root", "{file}", *RUN], "a-file"),

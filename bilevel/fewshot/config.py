@@ -80,6 +80,7 @@ class TrainConfig:
     init: str | None = None
     meta_batch: int | None = None
     chunk_size: int | None = None  # None: all tasks at once
+    memory_budget_mb: float | None = None  # CUDA MB a meta-step may add; the trainer derives the chunk size
     vectorize: str | None = None
     hvp_mode: str | None = None
     iterations: int | None = None
@@ -157,7 +158,7 @@ _PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 # What an unset field means where no table sets it, for the help.
-_UNSET = {"backend": "the method's own", "chunk_size": "all tasks at once",
+_UNSET = {"backend": "the method's own", "chunk_size": "all tasks at once", "memory_budget_mb": "no budget",
           "data_root": "$BILEVEL_DATA, else ~/.cache/bilevel", "net": "n/a on sinusoid"}
 _SELECTORS = ("benchmark", "method", "protocol")  # resolved first: they choose the tables
 
@@ -178,8 +179,11 @@ def _default(c: TrainConfig, name: str) -> Any:
     return None
 
 
+_FLAG_NAMES = {"memory_budget_mb": "--memory-budget"}  # fields whose flag is not their name
+
+
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return _FLAG_NAMES.get(name) or "--" + name.replace("_", "-")
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -207,6 +211,16 @@ def _check_ints(c: TrainConfig) -> None:
                 check_int(None, _flag(name), getattr(c, name), minimum=minimum, fix=fix)
     except TypeError as exc:  # a wrong type in a config file is a bad value like any other
         raise ValueError(str(exc)) from None
+
+
+def _check_memory_budget(c: TrainConfig) -> None:
+    """A budget in MB, > 0 and finite, and not beside ``chunk_size``: the trainer derives that from it."""
+    value = c.memory_budget_mb
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+        raise ValueError(f"--memory-budget must be a number of MB > 0 and finite, got {value!r}")
+    if c.chunk_size is not None:
+        raise ValueError(f"--memory-budget {value:g} and --chunk-size {c.chunk_size} both bound vmap's chunks: give "
+                         "one (--memory-budget MB derives the chunk size, --chunk-size K fixes it)")
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
@@ -241,6 +255,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if field.name not in _SELECTORS and field.name != "lam_effective" and getattr(c, field.name) is None:
             setattr(c, field.name, _default(c, field.name))
     _check_ints(c)
+    if c.memory_budget_mb is not None:
+        _check_memory_budget(c)
     if c.benchmark != "sinusoid" and c.ways < 2:
         raise ValueError(f"--ways must be at least 2 for classification, got {c.ways}")
     if c.truncate_steps is not None and not c.truncate_steps <= c.inner_steps:
@@ -330,6 +346,8 @@ _APPLIES = {
     "hvp_mode": ("backend", "the implicit backend and imaml-hf's Newton-CG",
                  lambda b, m, k: k == "implicit" or m.inner_solver == "newton-cg"),
     "truncate_steps": ("backend", "--backend truncated", lambda b, m, k: k == "truncated"),
+    "memory_budget_mb": ("backend", "the backends that run under vmap (all but higher and torchopt, which loop)",
+                         lambda b, m, k: k not in ("higher", "torchopt")),
     "on_solver_failure": ("backend", "the methods with a linear solve (imaml-gd, imaml-hf; --backend implicit "
                           "or torchopt)",
                           lambda b, m, k: k in ("implicit", "torchopt") or m.inner_solver == "newton-cg"),

@@ -12,7 +12,9 @@ import torch
 from ..distributed import World, reduce_hypergrad, take_share, task_share
 from ..errors import NonFiniteError
 from ..hypergrad import Hypergradient, batched_hypergrad, map_tasks
+from ..memory_budget import MB, check_measurable, chunk_size_for_budget, cuda_peak_bytes
 from ..tree import nested_leaves, nested_map
+from .benchmarks import batch_to_tasks
 from .health import SolverHealth, nonfinite_error
 from .methods import MethodSetup
 
@@ -116,3 +118,23 @@ class MetaGradient:
             if not finite:
                 bad.append(t)
         return bad
+
+
+def budget_chunk_size(config, benchmark, method: MethodSetup, params: dict, device: torch.device,
+                      vectorize: bool, world: World) -> int:
+    """``--memory-budget``: the chunk size of :func:`~bilevel.memory_budget.chunk_size_for_budget`,
+    each peak that of the loop's meta-gradient (:class:`MetaGradient`) on one meta-batch of
+    validation tasks, whose stream restarts from its seed: the training run is unchanged. A
+    warm-up on one task first, so that one-time allocations (cuBLAS's workspace) are not
+    counted as a task's memory. Under ``torchrun`` each process fits its own share."""
+    check_measurable(device, vectorize)
+    support, query = batch_to_tasks(benchmark.sampler("val", config.seed).sample(config.meta_batch), device)
+
+    def peak(k: int) -> int:
+        gradient = MetaGradient(method, None, vectorize, k, world)
+        return cuda_peak_bytes(lambda: gradient.compute(params, support, query), device)
+
+    MetaGradient(method, None, vectorize, None).compute(params, take_tasks(support, [0]), take_tasks(query, [0]),
+                                                        split=False)
+    share = task_share(config.meta_batch, world)
+    return chunk_size_for_budget(peak, max(1, share.stop - share.start), config.memory_budget_mb * MB)

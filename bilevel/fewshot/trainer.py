@@ -28,13 +28,14 @@ from tqdm.auto import tqdm
 from ..data._common import atomic_write_text
 from ..distributed import World, all_gather_tasks, init_world, take_share, task_share
 from ..hypergrad import map_tasks
+from ..memory_budget import check_measurable
 from ..validation import check_output_dir
-from .benchmarks import batch_to_tasks, make_benchmark
+from .benchmarks import BENCHMARKS, batch_to_tasks, make_benchmark
 from .checkpoint import CHECKPOINT, Checkpointer, Progress, load_checkpoint
 from .config import TrainConfig, load_config, resolve, save_config
 from .determinism import make_deterministic
 from .health import SolverHealth
-from .meta_step import MetaGradient, MetaStep, num_tasks, take_tasks
+from .meta_step import MetaGradient, MetaStep, budget_chunk_size, num_tasks, take_tasks
 from .interrupt import StopRequest, TrainingInterrupted
 from .meters import MemoryMeter, Stopwatch
 from .methods import MethodSetup, build_method
@@ -121,12 +122,14 @@ def is_improvement(value: float, best: float | None, higher_is_better: bool) -> 
 
 
 def validate(benchmark, model, method: MethodSetup, config: TrainConfig, device,
-             vectorize: bool, world: World | None = None) -> tuple[float, float]:
+             vectorize: bool, world: World | None = None, chunk_size: int | None = None) -> tuple[float, float]:
     """Mean metric and 95% half-width over ``config.val_tasks`` validation tasks, the same
-    tasks every time (the validation stream restarts from its seed)."""
+    tasks every time (the validation stream restarts from its seed); ``chunk_size``: the
+    run's (default ``config.chunk_size``)."""
     sampler = benchmark.sampler("val", config.seed)
     scores = evaluate_params(benchmark, model, method.eval_problem, dict(model.named_parameters()), sampler,
-                             config.val_tasks, config.meta_batch, device, config.chunk_size, vectorize, world=world)
+                             config.val_tasks, config.meta_batch, device, chunk_size or config.chunk_size, vectorize,
+                             world=world)
     return mean_ci95(scores)
 
 
@@ -213,13 +216,14 @@ def _train_record(iteration: int, step: MetaStep, metric: str, score: float, sec
     return record
 
 
-def _summary(config: TrainConfig, backend, run: Progress, memory: MemoryMeter, device) -> dict:
+def _summary(config: TrainConfig, backend, run: Progress, memory: MemoryMeter, device, chunk_size) -> dict:
+    budget = {} if config.memory_budget_mb is None else {"chunk_size_chosen": chunk_size}
     return {
         "method": config.method, "benchmark": config.benchmark, "ways": config.ways, "shots": config.shots,
         "iterations": config.iterations, "backend": config.backend or type(backend).__name__,
         "seconds_per_iteration": run.train_seconds / run.timed_iterations if run.timed_iterations else None,
         "peak_memory_mb": memory.peak_mb(), "memory_kind": memory.kind, "best_val": run.best_val,
-        "device": str(device),
+        "device": str(device), **budget,
     }
 
 
@@ -239,6 +243,9 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
     """
     run_dir = Path(run_dir)
     config = _run_config(config, run_dir, resume, iterations)
+    if config.memory_budget_mb is not None:  # before any work
+        budget_device = _device(config.device)
+        check_measurable(budget_device, _vectorize(config.vectorize, budget_device, BENCHMARKS[config.benchmark]))
     benchmark, model, method, device = setup(config)
     world = init_world(device)  # torchrun: join the process group; else one process
     if world.is_main:
@@ -256,6 +263,12 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
 
     vectorize = _vectorize(config.vectorize, device, benchmark)
     params = dict(model.named_parameters())
+    chunk_size = config.chunk_size
+    if config.memory_budget_mb is not None:
+        chunk_size = budget_chunk_size(config, benchmark, method, params, device, vectorize, world)
+        if world.is_main:
+            print(f"memory budget {config.memory_budget_mb:g} MB: chunk size {chunk_size} of "
+                  f"{config.meta_batch} tasks", file=sys.stderr)
     metric, first = benchmark.metric_name, run.iteration + 1
     stopwatch, memory = Stopwatch(device), MemoryMeter(device)
     with tqdm(total=config.iterations, initial=run.iteration, disable=not (progress and world.is_main),
@@ -265,7 +278,7 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
             StopRequest() as stop:
         health = SolverHealth(getattr(config, "on_solver_failure", None) or "warn",
                               write=(lambda line: bar.write(line, file=sys.stderr)) if world.is_main else (lambda line: None))
-        meta_gradient = MetaGradient(method, health, vectorize, config.chunk_size, world)
+        meta_gradient = MetaGradient(method, health, vectorize, chunk_size, world)
         for iteration in range(first, config.iterations + 1):
             stopwatch.start()
             support, query = batch_to_tasks(sampler.sample(config.meta_batch), device)
@@ -276,7 +289,7 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
             if world.distributed:  # the inner solutions are this rank's share
                 query_used = take_share(query_used, task_share(num_tasks(query_used), world))
             scores = map_tasks(lambda phi, q: benchmark.score(model, phi, q), step.result.inner_solution, query_used,
-                               vectorize=vectorize, chunk_size=config.chunk_size)
+                               vectorize=vectorize, chunk_size=chunk_size)
             scores = all_gather_tasks(scores.double(), world) if world.distributed else scores
             seconds = stopwatch.stop()
             if Stopwatch.is_timed(iteration, first, config.iterations):
@@ -290,7 +303,7 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
                              "tasks/s": f"{record['tasks_per_second']:.0f}"}, refresh=False)
 
             if _due(iteration, config.val_every, config.iterations):
-                val_mean, val_ci = validate(benchmark, model, method, config, device, vectorize, world)
+                val_mean, val_ci = validate(benchmark, model, method, config, device, vectorize, world, chunk_size)
                 if is_improvement(val_mean, run.best_val, benchmark.higher_is_better):
                     run.best_val = val_mean
                 log.write({"iteration": iteration, "split": "val", metric: val_mean, "ci95": val_ci})
@@ -304,7 +317,7 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
                 raise TrainingInterrupted(f"interrupted after iteration {iteration} (checkpoint saved); resume "
                                           f"with: bilevel train --resume {run_dir}")
 
-    summary = {**_summary(config, method.backend, run, memory, device), "world_size": world.size}
+    summary = {**_summary(config, method.backend, run, memory, device, chunk_size), "world_size": world.size}
     if world.is_main:
         atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
     return summary
@@ -325,10 +338,13 @@ def evaluate(run_dir: str | os.PathLike, *, tasks: int | None = None, split: str
     state = load_checkpoint(run_dir / CHECKPOINT)
     model.load_state_dict(state["model"])
     sampler = benchmark.sampler(split, config.seed)
+    chunk_size = config.chunk_size
+    if config.memory_budget_mb is not None and (run_dir / "summary.json").exists():  # training's chunk fits
+        chunk_size = json.loads((run_dir / "summary.json").read_text()).get("chunk_size_chosen")
     stopwatch = Stopwatch(device)
     stopwatch.start()
     scores = evaluate_params(benchmark, model, method.eval_problem, dict(model.named_parameters()), sampler, tasks,
-                             config.meta_batch, device, config.chunk_size, _vectorize(config.vectorize, device, benchmark),
+                             config.meta_batch, device, chunk_size, _vectorize(config.vectorize, device, benchmark),
                              progress=progress and world.is_main, world=world)
     mean, ci = mean_ci95(scores)
     result = {"method": config.method, "benchmark": config.benchmark, "ways": config.ways, "shots": config.shots,

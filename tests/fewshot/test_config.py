@@ -21,7 +21,7 @@ from bilevel.fewshot.config import DEFAULTS, TrainConfig, describe_default, inap
 def test_resolve_fills_every_field_and_is_idempotent(settings):
     config = resolve(TrainConfig(**settings))
     unset = {f.name for f in dataclasses.fields(config) if getattr(config, f.name) is None}
-    assert unset <= {"backend", "chunk_size", "data_root", "net", "truncate_steps"}
+    assert unset <= {"backend", "chunk_size", "memory_budget_mb", "data_root", "net", "truncate_steps"}
     assert resolve(config) == config
 
 
