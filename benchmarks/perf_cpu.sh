@@ -9,7 +9,7 @@ log() { echo "$@" | tee -a "$OUT/perf.log"; }
 log "# $(date -u) $(nproc) cores, torch $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
 
 # 1. ours against higher and TorchOpt, one thread, same tasks (gradients checked first)
-$B bench --meta-batch 8 --inner-steps 1,5 --queries 15 --repeats 3 --threads 1 --net maxpool \
+$B bench --meta-batch 8 --inner-steps 1,5 --queries 15 --repeats 7 --threads 1 --net maxpool \
     --out "$OUT/cpu-bench.json" 2>&1 | grep -v Warning | tee -a "$OUT/perf.log"
 
 # 2. threads: one process alone, 1 vs 2 intra-op threads (seconds per iteration from summary.json)
