@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import resolve_device
 from .hypergrad import batched_hypergrad
 from .inner_solvers import GradientDescent
 from .linear_solve import CG
@@ -191,15 +192,9 @@ def _rel_err(a, b) -> float:
     return num / max(sum(float((b[k] ** 2).sum()) for k in b) ** 0.5, 1e-300)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def run_bench(c: BenchConfig, progress: Callable[[str], None] = print) -> dict:
     """Check, then time, every available implementation; returns the JSON-able report."""
-    device = _device(c.device)
+    device = resolve_device(c.device)
     if c.threads:
         torch.set_num_threads(c.threads)
     vectorize = device.type == "cuda"  # on a CPU a loop over tasks is faster than vmap

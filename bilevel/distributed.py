@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .hypergrad import Hypergradient, _num_tasks, batched_hypergrad
+from .hypergrad import Hypergradient, num_tasks, batched_hypergrad
 from .tree import Params, nested_map
 
 __all__ = ["World", "init_world", "task_share", "take_share", "all_gather_tasks", "distributed_hypergrad",
@@ -119,7 +119,7 @@ def distributed_hypergrad(problem, theta: Params, inner_batches, outer_batches, 
     if not world.distributed:
         return batched_hypergrad(problem, theta, inner_batches, outer_batches, backend=backend,
                                  inner_solutions=inner_solutions, **kwargs)
-    total = _num_tasks(inner_batches, outer_batches, inner_solutions)  # the same task count everywhere, checked
+    total = num_tasks(inner_batches, outer_batches, inner_solutions)  # the same task count everywhere, checked
     share = task_share(total, world)
     if share.stop - share.start == 0:
         raise ValueError(f"distributed_hypergrad: rank {world.rank} has no task: the meta-batch ({total}) "

@@ -165,7 +165,7 @@ def batched_hypergrad(problem: BilevelProblem, theta: Params, inner_batches: Any
                                    or chunk_size < 1):
         raise ValueError(f"batched_hypergrad: chunk_size must be a positive int or None, got {chunk_size!r}.")
     theta = tree_detach(theta)
-    _num_tasks(inner_batches, outer_batches, inner_solutions)
+    num_tasks(inner_batches, outer_batches, inner_solutions)
 
     def one_task(inner_batch, outer_batch, solution=None):
         return backend.hypergrad(problem, theta, inner_batch, outer_batch, inner_solution=solution)
@@ -187,11 +187,11 @@ def map_tasks(fn, *batches, vectorize: bool = True, chunk_size: int | None = Non
     one ``vmap`` (``chunk_size`` tasks at a time), or a Python loop; the same numbers."""
     if vectorize:
         return vmap(fn, chunk_size=chunk_size, randomness="error")(*batches)
-    outs = [fn(*_index(batches, i)) for i in range(_num_tasks(*batches))]
+    outs = [fn(*_index(batches, i)) for i in range(num_tasks(*batches))]
     return _stack(outs)
 
 
-def _num_tasks(*trees) -> int:
+def num_tasks(*trees) -> int:
     sizes = {leaf.shape[0] if leaf.ndim else None for t in trees if t is not None for leaf in nested_leaves(t)}
     if None in sizes or len(sizes) != 1:
         raise ValueError(f"batched_hypergrad: every batch tensor needs the same task dimension 0; "

@@ -11,23 +11,19 @@ import torch
 
 from ..distributed import World, reduce_hypergrad, take_share, task_share
 from ..errors import NonFiniteError
-from ..hypergrad import Hypergradient, batched_hypergrad, map_tasks
+from ..hypergrad import Hypergradient, batched_hypergrad, map_tasks, num_tasks
 from ..memory_budget import MB, check_measurable, chunk_size_for_budget, cuda_peak_bytes
-from ..tree import nested_leaves, nested_map
+from ..tree import nested_map
 from .benchmarks import batch_to_tasks
 from .health import SolverHealth, nonfinite_error
 from .methods import MethodSetup
 
-__all__ = ["MetaGradient", "MetaStep", "take_tasks", "num_tasks"]
+__all__ = ["MetaGradient", "MetaStep", "take_tasks", "budget_chunk_size"]
 
 
 def take_tasks(tree, tasks: list[int]):
     """Tasks ``tasks`` (dimension 0) of every tensor in a nest of tuples, lists and dicts."""
     return nested_map(lambda t: t[torch.as_tensor(tasks, device=t.device)], tree)
-
-
-def num_tasks(tree) -> int:
-    return nested_leaves(tree)[0].shape[0]
 
 
 def _is_finite(result: Hypergradient) -> bool:

@@ -26,8 +26,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data._common import atomic_write_text
+from ..devices import resolve_device
 from ..distributed import World, all_gather_tasks, init_world, take_share, task_share
-from ..hypergrad import map_tasks
+from ..hypergrad import map_tasks, num_tasks
 from ..memory_budget import check_measurable
 from ..validation import check_output_dir
 from .benchmarks import BENCHMARKS, batch_to_tasks, make_benchmark
@@ -35,21 +36,13 @@ from .checkpoint import CHECKPOINT, Checkpointer, Progress, load_checkpoint
 from .config import TrainConfig, load_config, resolve, save_config
 from .determinism import make_deterministic
 from .health import SolverHealth
-from .meta_step import MetaGradient, MetaStep, budget_chunk_size, num_tasks, take_tasks
+from .meta_step import MetaGradient, MetaStep, budget_chunk_size, take_tasks
 from .interrupt import StopRequest, TrainingInterrupted
 from .meters import MemoryMeter, Stopwatch
 from .methods import MethodSetup, build_method
 from .run_log import MetricsLog, stats_record
 
 __all__ = ["train", "evaluate", "evaluate_params", "setup", "mean_ci95"]
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    return torch.device(name)
 
 
 def setup(config: TrainConfig):
@@ -60,7 +53,7 @@ def setup(config: TrainConfig):
     torch.manual_seed(config.seed)  # the network's initialization
     benchmark = make_benchmark(config.benchmark, config.ways, config.shots, config.queries, config.data_root,
                                net=config.net, init=config.init)
-    device = _device(config.device)
+    device = resolve_device(config.device)
     model = benchmark.build_model().to(device)
     method = build_method(config, benchmark.task_loss(model), benchmark.outputs(model), benchmark.criterion)
     return benchmark, model, method, device
@@ -244,7 +237,7 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
     run_dir = Path(run_dir)
     config = _run_config(config, run_dir, resume, iterations)
     if config.memory_budget_mb is not None:  # before any work
-        budget_device = _device(config.device)
+        budget_device = resolve_device(config.device)
         check_measurable(budget_device, _vectorize(config.vectorize, budget_device, BENCHMARKS[config.benchmark]))
     benchmark, model, method, device = setup(config)
     world = init_world(device)  # torchrun: join the process group; else one process
