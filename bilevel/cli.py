@@ -250,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _main_process() -> bool:
+    """Rank 0 under torchrun (``RANK``), or a plain process: the one that prints results."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its own parser: bilevel bench --help
@@ -364,13 +369,16 @@ def _dispatch(args) -> int:
             summary = train(None, out, resume=True, iterations=args.iterations, progress=not args.quiet)
         else:
             summary = train(config, out, progress=not args.quiet)
-        print(describe_training(summary, out))
+        if _main_process():
+            print(describe_training(summary, out))
         return 0
     if args.command == "evaluate":
         config = _run_dir("", Path(args.run_dir))
         check_output_dir(None, "RUN_DIR", args.run_dir)  # evaluation-<split>.json goes there
         _check_environment(config)
-        print(describe_evaluation(evaluate(args.run_dir, tasks=args.tasks, split=args.split, progress=not args.quiet)))
+        result = evaluate(args.run_dir, tasks=args.tasks, split=args.split, progress=not args.quiet)
+        if _main_process():
+            print(describe_evaluation(result))
         return 0
     if args.command == "reproduce":
         return _reproduce(args)

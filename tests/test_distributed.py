@@ -40,6 +40,7 @@ def two_process_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("torchrun")
     proc = torchrun(WORKER, folder / "result.pt", *_train_args(folder / "two"))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder / "console.txt").write_text(proc.stdout + proc.stderr)
     return folder
 
 
@@ -75,3 +76,5 @@ def test_bilevel_train_under_torchrun_equals_one_process(tmp_path, two_process_r
     assert abs(s1["best_val"] - s2["best_val"]) <= 1e-4 * abs(s1["best_val"])
     records = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records if r["split"] == "train"] == [1, 2, 3]  # one writer, no duplicates
+    console = (two_process_run / "console.txt").read_text()
+    assert console.count("iteration 3: val") == 1 and console.count("trained imaml-gd") == 1, console  # rank 0 only

@@ -300,7 +300,8 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
                 if is_improvement(val_mean, run.best_val, benchmark.higher_is_better):
                     run.best_val = val_mean
                 log.write({"iteration": iteration, "split": "val", metric: val_mean, "ci95": val_ci})
-                bar.write(f"[{config.method}] iteration {iteration}: val {metric} {val_mean:.4f} +- {val_ci:.4f}")
+                if world.is_main:  # one line per validation, not one per process
+                    bar.write(f"[{config.method}] iteration {iteration}: val {metric} {val_mean:.4f} +- {val_ci:.4f}")
             interrupted = stop.requested and iteration < config.iterations
             interrupted = _any_rank(interrupted, world)  # Ctrl-C reaches every rank; stop together
             if (_due(iteration, config.checkpoint_every, config.iterations) or interrupted) and world.is_main:
