@@ -55,6 +55,8 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, timeout: float = 120.0) -> None:
+    """Wait for the first checkpoint, then freeze the child (SIGSTOP): a fast run cannot finish
+    before the test stops it, however the test process is scheduled."""
     deadline = time.monotonic() + timeout
     while not (run_dir / "checkpoint.pt").exists():
         if proc.poll() is not None:
@@ -63,6 +65,7 @@ def wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, timeout: float = 
             proc.kill()
             pytest.fail("no checkpoint after 120 s")
         time.sleep(0.005)
+    proc.send_signal(signal.SIGSTOP)
     assert proc.poll() is None, "the run finished before it could be stopped; make it longer"
 
 
@@ -84,21 +87,25 @@ def assert_same_parameters(a: Path, b: Path) -> None:
     assert records(a, "train") == records(b, "train") and records(a, "val") == records(b, "val")
 
 
-def wait_for_a_record_after_the_checkpoint(run_dir: Path) -> None:
-    """So that the kill leaves log records that the resume must drop."""
-    saved = load_checkpoint(run_dir / "checkpoint.pt")["iteration"]
+def wait_for_a_record_after_the_checkpoint(proc: subprocess.Popen, run_dir: Path) -> None:
+    """So that the kill leaves log records that the resume must drop: let the frozen child run
+    in bursts of a few milliseconds until it has logged an iteration after its checkpoint."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        saved = load_checkpoint(run_dir / "checkpoint.pt")["iteration"]
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         if any(json.loads(line)["iteration"] > saved for line in lines[-3:] if line.endswith("}")):
             return
+        proc.send_signal(signal.SIGCONT)
         time.sleep(0.002)
+        proc.send_signal(signal.SIGSTOP)
+    pytest.fail("no iteration logged after the checkpoint within 60 s")
 
 
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, one_thread, uninterrupted):
     proc = start_training(tmp_path / "killed")
     wait_for_checkpoint(proc, tmp_path / "killed")
-    wait_for_a_record_after_the_checkpoint(tmp_path / "killed")
+    wait_for_a_record_after_the_checkpoint(proc, tmp_path / "killed")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
@@ -114,9 +121,10 @@ def test_ctrl_c_saves_the_last_completed_iteration_and_exits_130(tmp_path, one_t
     run_dir = tmp_path / "stopped"
     proc = start_training(run_dir)
     wait_for_checkpoint(proc, run_dir)
-    wait_for_a_record_after_the_checkpoint(run_dir)  # Ctrl-C mid-run, not just after a checkpoint
+    wait_for_a_record_after_the_checkpoint(proc, run_dir)  # Ctrl-C mid-run, not just after a checkpoint
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
