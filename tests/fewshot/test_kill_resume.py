@@ -37,8 +37,10 @@ def one_thread():
 def start_training(run_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    # SIGINT as in a terminal: a shell's background job (`pytest &`) inherits SIGINT ignored.
     return subprocess.Popen([sys.executable, "-m", "bilevel.cli", "train", *FLAGS, "--out", str(run_dir)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.fixture(scope="module")
