@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.func import grad, grad_and_value, vjp
 
-from bilevel.eager import eager_ok
+from bilevel.eager import autograd_grads, eager_ok, grad_leaves
 from bilevel.hvp import check_hvp_mode, make_hvp, resolve_hvp_mode
 from bilevel.hypergrad import HypergradBackend, Hypergradient
 from bilevel.linear_solve import CG, LinearSolver, check_linear_solver
@@ -55,35 +55,23 @@ def implicit_hypergrad(inner_loss: Loss, outer_loss: Loss, theta: Params, phi: P
     return Hypergradient(loss.detach(), tree_sub(g_theta, mixed), phi, stats)
 
 
-def _leaves(tree: Params) -> Params:
-    return {k: v.detach().requires_grad_(True) for k, v in tree.items()}
-
-
-def _grads(output, inputs: Params, **kw) -> Params:
-    out = torch.autograd.grad(output, list(inputs.values()), allow_unused=True, **kw)
-    return {k: torch.zeros_like(inputs[k]) if g is None else g for k, g in zip(inputs, out)}
-
-
 def _implicit_hypergrad_autograd(inner_loss, outer_loss, theta, phi, inner_batch, outer_batch, linear_solver,
                                  matvec) -> Hypergradient:
     """:func:`implicit_hypergrad` in reverse-over-reverse mode with plain autograd (``bilevel.eager``):
     one graph of ``grad_phi L_in`` serves every Hessian-vector product and the mixed term."""
     with torch.enable_grad():
-        p, th = _leaves(phi), _leaves(theta)
+        p, th = grad_leaves(phi), grad_leaves(theta)
         loss = outer_loss(p, th, outer_batch)
-        both = _grads(loss, {**{("phi", k): v for k, v in p.items()}, **{("theta", k): v for k, v in th.items()}})
-        g_phi = {k: both[("phi", k)] for k in p}
-        g_theta = {k: both[("theta", k)] for k in th}
-        inner_grad = _grads(inner_loss(p, th, inner_batch), p, create_graph=True)
-        keys = list(p)
+        g_phi, g_theta = autograd_grads(loss, p, th)
+        (inner_grad,) = autograd_grads(inner_loss(p, th, inner_batch), p, create_graph=True)
+        grad_list = list(inner_grad.values())
         if matvec is None:
             def operator(v):
-                return _grads([inner_grad[k] for k in keys], p, grad_outputs=[v[k] for k in keys], retain_graph=True)
+                return autograd_grads(grad_list, p, grad_outputs=[v[k] for k in inner_grad], retain_graph=True)[0]
         else:
             operator = matvec(theta, phi, inner_batch)
         solve = linear_solver(operator, g_phi)
-        w = solve.solution
-        mixed = _grads([inner_grad[k] for k in keys], th, grad_outputs=[w[k] for k in keys])
+        (mixed,) = autograd_grads(grad_list, th, grad_outputs=[solve.solution[k] for k in inner_grad])
     stats = {**solve.diagnostics(), "inner_grad_norm": tree_norm({k: v.detach() for k, v in inner_grad.items()})}
     return Hypergradient(loss.detach(), tree_sub(g_theta, mixed), phi, stats)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad_and_value
 
-from bilevel.eager import eager_ok
+from bilevel.eager import autograd_grads, eager_ok, grad_leaves
 from bilevel.hypergrad import HypergradBackend, Hypergradient, reject_inner_solution
 from bilevel.inner_solvers import autograd_steps
 from bilevel.tree import tree_detach
@@ -39,10 +39,9 @@ class Unrolled(HypergradBackend):
 
         if eager_ok(theta, inner_batch, outer_batch):
             with torch.enable_grad(), autograd_steps():
-                th = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
+                th = grad_leaves(theta)
                 loss, phi = outer_of_theta(th)
-                grads = torch.autograd.grad(loss, list(th.values()), allow_unused=True)
-            g = {k: torch.zeros_like(th[k]) if d is None else d for k, d in zip(th, grads)}
+                (g,) = autograd_grads(loss, th)
         else:
             g, (loss, phi) = grad_and_value(outer_of_theta, has_aux=True)(theta)
         return Hypergradient(loss.detach(), g, tree_detach(phi), {})

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .hypergrad import Hypergradient, num_tasks, batched_hypergrad
+from .hypergrad import Hypergradient, batched_hypergrad, num_tasks
 from .tree import Params, nested_map
 
 __all__ = ["World", "init_world", "task_share", "take_share", "all_gather_tasks", "distributed_hypergrad",

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from .tree import nested_leaves
+from .tree import Params, nested_leaves
 
-__all__ = ["transforms_active", "eager_ok"]
+__all__ = ["transforms_active", "eager_ok", "grad_leaves", "autograd_grads"]
 
 
 def transforms_active() -> bool:
@@ -29,3 +29,19 @@ def eager_ok(*trees) -> bool:
     if transforms_active():
         return False
     return not any(isinstance(t, torch.Tensor) and t.requires_grad for tree in trees for t in nested_leaves(tree))
+
+
+def grad_leaves(tree: Params, keep_graph: bool = False) -> Params:
+    """``tree``'s tensors as autograd leaves (detached, ``requires_grad``); with ``keep_graph``
+    a tensor that already requires grad is kept as it is, so its history stays differentiable."""
+    return {k: v if keep_graph and v.requires_grad else v.detach().requires_grad_(True) for k, v in tree.items()}
+
+
+def autograd_grads(output, *inputs: Params, **kwargs) -> tuple[Params, ...]:
+    """One ``torch.autograd.grad`` of ``output`` with respect to every tensor of the dicts
+    ``inputs``, returned as one dict per input; a tensor ``output`` does not use gets zeros (as
+    ``torch.func.grad`` gives). ``kwargs`` go to ``torch.autograd.grad``."""
+    flat = [v for tree in inputs for v in tree.values()]
+    grads = iter(torch.autograd.grad(output, flat, allow_unused=True, **kwargs))
+    return tuple({k: torch.zeros_like(v) if (g := next(grads)) is None else g for k, v in tree.items()}
+                 for tree in inputs)

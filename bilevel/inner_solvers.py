@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value
 
-from .eager import transforms_active
+from .eager import autograd_grads, grad_leaves, transforms_active
 from .tree import Params, tree_axpy, tree_detach, tree_zeros_like
 from .validation import check_positive, check_int, check_unit_interval
 
@@ -70,10 +70,9 @@ def objective_grad(f: Objective, phi: Params) -> tuple[Params, Tensor]:
         return grad_and_value(f)(phi)
     graph = mode == "graph"
     with torch.enable_grad():
-        leaves = {k: v if graph and v.requires_grad else v.detach().requires_grad_(True) for k, v in phi.items()}
+        leaves = grad_leaves(phi, keep_graph=graph)
         value = f(leaves)
-        grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True, create_graph=graph)
-    grads = {k: torch.zeros_like(leaves[k]) if g is None else g for k, g in zip(leaves, grads)}
+        (grads,) = autograd_grads(value, leaves, create_graph=graph)
     return grads, value if graph else value.detach()
 
 

@@ -201,7 +201,8 @@ _INTS = {
     "checkpoint_every": (1, None), "eval_tasks": (2, "A 95% interval needs at least 2 tasks."),
     "seed": (0, None), "chunk_size": (1, None), "truncate_steps": (1, None),
 }
-_POSITIVE = ("inner_lr", "outer_lr", "lam", "outer_eps")
+_POSITIVE = ("inner_lr", "outer_lr", "lam", "outer_eps", "memory_budget_mb")
+_OPTIONAL = ("memory_budget_mb",)  # unset (None) means no budget
 
 
 def _check_ints(c: TrainConfig) -> None:
@@ -211,16 +212,6 @@ def _check_ints(c: TrainConfig) -> None:
                 check_int(None, _flag(name), getattr(c, name), minimum=minimum, fix=fix)
     except TypeError as exc:  # a wrong type in a config file is a bad value like any other
         raise ValueError(str(exc)) from None
-
-
-def _check_memory_budget(c: TrainConfig) -> None:
-    """A budget in MB, > 0 and finite, and not beside ``chunk_size``: the trainer derives that from it."""
-    value = c.memory_budget_mb
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-        raise ValueError(f"--memory-budget must be a number of MB > 0 and finite, got {value!r}")
-    if c.chunk_size is not None:
-        raise ValueError(f"--memory-budget {value:g} and --chunk-size {c.chunk_size} both bound vmap's chunks: give "
-                         "one (--memory-budget MB derives the chunk size, --chunk-size K fixes it)")
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
@@ -255,8 +246,6 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if field.name not in _SELECTORS and field.name != "lam_effective" and getattr(c, field.name) is None:
             setattr(c, field.name, _default(c, field.name))
     _check_ints(c)
-    if c.memory_budget_mb is not None:
-        _check_memory_budget(c)
     if c.benchmark != "sinusoid" and c.ways < 2:
         raise ValueError(f"--ways must be at least 2 for classification, got {c.ways}")
     if c.truncate_steps is not None and not c.truncate_steps <= c.inner_steps:
@@ -278,8 +267,13 @@ def resolve(config: TrainConfig) -> TrainConfig:
                          "leave --curvature unset or use --backend implicit")
     for name in _POSITIVE:
         value = getattr(c, name)
+        if value is None and name in _OPTIONAL:
+            continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
             raise ValueError(f"{_flag(name)} must be > 0 and finite, got {value!r}")
+    if c.memory_budget_mb is not None and c.chunk_size is not None:
+        raise ValueError(f"--memory-budget {c.memory_budget_mb:g} and --chunk-size {c.chunk_size} both bound vmap's "
+                         "chunks: give one (--memory-budget MB derives the chunk size, --chunk-size K fixes it)")
     if (not isinstance(c.cg_damping, (int, float)) or isinstance(c.cg_damping, bool)
             or not 0 <= c.cg_damping < math.inf):
         raise ValueError(f"--cg-damping must be >= 0 and finite, got {c.cg_damping!r}")
