@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .data import DataError
+from .distributed import World
 from .errors import SolverError
 from .fewshot.checkpoint import CheckpointError
 from .fewshot.benchmarks import BENCHMARKS
@@ -229,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Train and evaluate every (setting, method) at one budget, resumably; "
                          "writes table.md and table.json beside the paper's numbers.")
     ta.add_argument("--settings", default="5w1s,5w5s,20w1s,20w5s", help="comma-separated (default: all four)")
-    ta.add_argument("--methods", default="maml,fomaml,reptile,imaml-gd,imaml-hf,imaml-gd-official",
-                    help="comma-separated rows (default: all six)")
+    ta.add_argument("--methods", default="maml,fomaml,reptile,imaml-gd,imaml-hf,imaml-hf-gn,imaml-gd-official",
+                    help="comma-separated rows (default: all seven; imaml-hf-gn is iMAML-HF with "
+                         "--curvature gauss-newton, not in the paper)")
     ta.add_argument("--budget", default="20000x32", help="ITERATIONSxMETA_BATCH for every run (default: the paper's "
                     "20000x32, which needs a GPU)")
     ta.add_argument("--quick", action="store_true", help="a smoke run: budget 2x2, 20 test tasks")
@@ -248,11 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=_positive_int, help="torch intra-op threads per process (default: "
                        "$OMP_NUM_THREADS if set, else 1, the fastest for these small networks)")
     return parser
-
-
-def _main_process() -> bool:
-    """Rank 0 under torchrun (``RANK``), or a plain process: the one that prints results."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,7 +366,7 @@ def _dispatch(args) -> int:
             summary = train(None, out, resume=True, iterations=args.iterations, progress=not args.quiet)
         else:
             summary = train(config, out, progress=not args.quiet)
-        if _main_process():
+        if World.launched().is_main:  # under torchrun, rank 0 prints the result
             print(describe_training(summary, out))
         return 0
     if args.command == "evaluate":
@@ -377,7 +374,7 @@ def _dispatch(args) -> int:
         check_output_dir(None, "RUN_DIR", args.run_dir)  # evaluation-<split>.json goes there
         _check_environment(config)
         result = evaluate(args.run_dir, tasks=args.tasks, split=args.split, progress=not args.quiet)
-        if _main_process():
+        if World.launched().is_main:  # under torchrun, rank 0 prints the result
             print(describe_evaluation(result))
         return 0
     if args.command == "reproduce":

@@ -48,6 +48,12 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
+    @classmethod
+    def launched(cls) -> "World":
+        """The place ``torchrun`` gave this process (``RANK``, ``WORLD_SIZE``), read from the
+        environment without joining a process group; a plain process is ``World(0, 1)``."""
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+
 
 def init_world(device: torch.device, timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> World:
     """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,

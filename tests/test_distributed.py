@@ -28,6 +28,15 @@ def test_task_shares_are_disjoint_and_cover_the_meta_batch():
             assert covered == list(range(total)), (total, size)
 
 
+def test_launched_world_reads_torchruns_environment(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert World.launched() == World(0, 1) and World.launched().is_main
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert World.launched() == World(1, 2) and not World.launched().is_main
+
+
 def _train_args(out, *extra):
     return ["train", "--benchmark", "sinusoid", "--method", "imaml-gd", "--iterations", "3", "--meta-batch", "4",
             "--val-every", "3", "--val-tasks", "6", "--inner-steps", "3", "--quiet", "--device", "cpu",

@@ -1,6 +1,7 @@
 """The reproduction commands (Fig. 2a, Fig. 2b, Table 2), the protocols' settings and the networks."""
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -8,9 +9,10 @@ import torch
 
 from bilevel.cli import main
 from bilevel.fewshot import Conv4, TrainConfig, resolve
+from bilevel.fewshot.compare import run_configs
 from bilevel.reproduce.gradient_error import exact_solution, gradient_error, make_problem
 from bilevel.reproduce.memory import reproduce_memory
-from bilevel.reproduce.table import format_table, parse_budget, reproduce_table
+from bilevel.reproduce.table import ROWS, format_table, parse_budget, reproduce_table
 
 
 def test_gradient_error_orders_the_methods_as_the_paper(tmp_path, capsys):
@@ -57,6 +59,13 @@ def test_table_quick_run_beside_the_paper(tmp_path, omniglot_root):
     assert saved["budget"] == "2x2" and len(saved["rows"]) == 1
     fake = [{**r, "row": "maml", "setting": "5w1s", "mean": 0.9, "ci95": 0.01, "paper": (98.7, 0.4)}]
     assert "| maml | 90.00 +- 1.00 (98.7 +- 0.4) |" in format_table(fake, "2x2")
+
+
+def test_table_gauss_newton_row_changes_only_the_meta_gradients_matrix():
+    (hf, gn) = run_configs({r: dict(**ROWS[r], benchmark="omniglot") for r in ("imaml-hf", "imaml-hf-gn")},
+                           {}).values()
+    assert (hf.curvature, gn.curvature) == ("hessian", "gauss-newton")
+    assert dataclasses.replace(gn, curvature="hessian") == hf  # the Newton steps keep the Hessian
 
 
 @pytest.mark.parametrize("text,expected", [("1000x8", (1000, 8)), ("20000X32", (20000, 32))])
