@@ -10,6 +10,11 @@ the last 100 iterations. The chosen values are the sinusoid defaults in
 
 Run (one thread; about 15 minutes on a quiet core):
     OMP_NUM_THREADS=1 python benchmarks/tune_sinusoid.py --out docs/results/sinusoid-tuning
+
+``--net softplus`` runs the same grid on the smooth regressor (runs named ``softplus-...``),
+the study of what iMAML does when its inner problem can be solved (docs/reproduction.md):
+    OMP_NUM_THREADS=1 python benchmarks/tune_sinusoid.py --net softplus --methods maml,imaml-gd,imaml-hf \
+        --out docs/results/sinusoid-tuning-softplus
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ def main():
     parser.add_argument("--out", default="runs/sinusoid-tuning")
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--methods", default=",".join(GRID))
+    parser.add_argument("--net", default="relu", choices=("relu", "softplus"), help="the regressor's activation")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,7 +53,7 @@ def main():
         runs = []
         for values in itertools.product(*(GRID[method][k] for k in keys)):
             point = dict(zip(keys, values))
-            name = "-".join([method.removesuffix("-ggn")] + [f"{k}{v}" for k, v in point.items() if k != "curvature"]
+            name = "-".join(([args.net] if args.net != "relu" else []) + [method.removesuffix("-ggn")] + [f"{k}{v}" for k, v in point.items() if k != "curvature"]
                             + (["ggn"] if point.get("curvature") == "gauss-newton" else []))
             run_dir = Path("runs/sinusoid-tuning-runs") / name
             if (run_dir / "summary.json").exists():  # finished earlier: reuse it
@@ -55,7 +61,7 @@ def main():
             else:
                 try:
                     summary = train(TrainConfig(benchmark="sinusoid", method=method.removesuffix("-ggn"),
-                                                lam_scale="mean", iterations=args.iterations,
+                                                lam_scale="mean", iterations=args.iterations, net=args.net,
                                                 val_every=args.iterations, **point), run_dir, progress=False)
                 except NonFiniteError as exc:  # the inner loop diverged: this point is out
                     runs.append({**point, "val_mse": float("inf"), "diverged": str(exc)})

@@ -18,7 +18,7 @@ from .fewshot.compare import describe_evaluation, describe_training
 from .fewshot.config import (CG_ON_NEGATIVE, CURVATURES, DEFAULTS, LAM_SCALES, ON_SOLVER_FAILURE, PROTOCOLS,
                              VECTORIZE, TrainConfig, describe_default, inapplicable, load_config, resolve)
 from .fewshot.methods import BACKENDS, METHODS
-from .fewshot.models import INITS, NETS
+from .fewshot.models import INITS, NETS, SINUSOID_NETS
 from .hvp import HVP_MODES
 from .validation import check_int, check_output_dir
 
@@ -93,7 +93,9 @@ def _add_training_flags(p: argparse.ArgumentParser, with_method: bool = True) ->
                    help="paper: Algorithm 2 as written; official: the released iMAML code's inner loop, "
                    "damped CG, Adam eps, K queries, init and lam = 0 at test (imaml-gd only; docs/reproduction.md) "
                    f"({_d('protocol')})")
-    g.add_argument("--net", choices=NETS, help=f"conv4 variant: strided (MAML's net) or maxpool ({_d('net')})")
+    g.add_argument("--net", choices=NETS + SINUSOID_NETS,
+                   help="conv4 variant: strided (MAML's net) or maxpool; sinusoid: relu (Finn et al.'s) or "
+                        f"softplus (smooth, so iMAML's inner problem can be solved) ({_d('net')})")
     g.add_argument("--init", choices=INITS,
                    help=f"conv initialization: torch or official (xavier gain 1.73) ({_d('init')})")
     g.add_argument("--backend", choices=sorted(BACKENDS),

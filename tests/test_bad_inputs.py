@@ -42,7 +42,8 @@ CASES = [
     ("device-index", ["train", "--device", "cuda:x", *RUN], "--device"),
     # settings that do not fit the benchmark or the method
     ("ways-for-sinusoid", ["train", "--benchmark", "sinusoid", "--ways", "5"], "--ways"),
-    ("net-for-sinusoid", ["train", "--benchmark", "sinusoid", "--net", "strided"], "--net"),
+    ("conv-net-for-sinusoid", ["train", "--benchmark", "sinusoid", "--net", "strided"], "--net"),
+    ("sinusoid-net-for-omniglot", ["train", "--benchmark", "omniglot", "--net", "softplus"], "--net"),
     ("lam-for-maml", ["train", "--method", "maml", "--lam", "3"], "--lam"),
     ("hf-steps-for-imaml-gd", ["train", "--method", "imaml-gd", "--hf-steps", "3"], "--hf-steps"),
     ("cg-steps-for-reptile", ["train", "--method", "reptile", "--cg-steps", "3"], "--cg-steps"),

@@ -19,7 +19,7 @@ from torch.func import functional_call
 from ..data import (DataError, EpisodeSampler, SinusoidTasks, check_miniimagenet_source, check_omniglot_source,
                     load_miniimagenet, load_omniglot, omniglot_splits)
 from ..meta import model_loss
-from .models import Conv4, SinusoidMLP
+from .models import NETS, SINUSOID_NETS, Conv4, SinusoidMLP
 
 __all__ = ["BENCHMARKS", "Benchmark", "make_benchmark", "SPLIT_SEED_OFFSET"]
 
@@ -36,13 +36,14 @@ class Benchmark:
     shots: int
     queries: int
     data_root: str | None = None
-    net: str | None = None  # Conv4 variant (models.NETS); None: the benchmark's default
+    net: str | None = None  # one of the benchmark's ``nets``; None: its default
     init: str = "torch"  # models.INITS
     _splits: Any = None
 
     # --- what each benchmark defines
     metric_name: ClassVar[str] = "accuracy"
     default_net: ClassVar[str | None] = None
+    nets: ClassVar[tuple[str, ...]] = NETS  # the --net choices
     higher_is_better: ClassVar[bool] = True
     convolutional: ClassVar[bool] = True
 
@@ -85,8 +86,11 @@ class SinusoidBenchmark(Benchmark):
     higher_is_better = False
     convolutional = False
 
+    default_net: ClassVar[str] = "relu"  # Finn et al.'s regressor
+    nets: ClassVar[tuple[str, ...]] = SINUSOID_NETS
+
     def build_model(self):
-        return SinusoidMLP()
+        return SinusoidMLP(activation=self.net or self.default_net)
 
     # By hand, not F.mse_loss: on torch 2.13 the latter's backward has no forward-mode
     # derivative, which forward-over-reverse Hessian-vector products need.

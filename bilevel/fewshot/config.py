@@ -36,7 +36,7 @@ from typing import Any
 from ..hvp import HVP_MODES
 from ..validation import check_int
 from .benchmarks import BENCHMARKS
-from .models import INITS, NETS
+from .models import INITS
 from .methods import BACKENDS, METHODS
 
 __all__ = ["TrainConfig", "resolve", "load_config", "save_config", "describe_default", "inapplicable", "Rule",
@@ -131,7 +131,7 @@ DEFAULT_LAM_SCALE = DEFAULTS["lam_scale"]
 _CONV_INNER_STEPS = Rule(_conv_inner_steps, "16 up to 5 ways, 25 above")
 _BENCHMARK_DEFAULTS: dict[str, dict[str, Any]] = {
     "sinusoid": dict(ways=1, shots=10, queries=10, inner_steps=5, inner_lr=0.02, hf_steps=2, meta_batch=25,
-                     iterations=500, val_every=100),
+                     net=BENCHMARKS["sinusoid"].default_net, iterations=500, val_every=100),
     "omniglot": dict(ways=5, shots=1, queries=5, inner_steps=_CONV_INNER_STEPS, inner_lr=0.1, hf_steps=5,
                      net=BENCHMARKS["omniglot"].default_net, meta_batch=32, iterations=20000, val_every=500),
     "miniimagenet": dict(ways=5, shots=1, queries=15, inner_steps=_CONV_INNER_STEPS, inner_lr=0.01, hf_steps=5,
@@ -159,7 +159,7 @@ _PROTOCOL_DEFAULTS: dict[str, dict[str, Any]] = {
 
 # What an unset field means where no table sets it, for the help.
 _UNSET = {"backend": "the method's own", "chunk_size": "all tasks at once", "memory_budget_mb": "no budget",
-          "data_root": "$BILEVEL_DATA, else ~/.cache/bilevel", "net": "n/a on sinusoid"}
+          "data_root": "$BILEVEL_DATA, else ~/.cache/bilevel"}
 _SELECTORS = ("benchmark", "method", "protocol")  # resolved first: they choose the tables
 
 
@@ -239,8 +239,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
                              "leave --lam-scale unset")
     if c.benchmark == "sinusoid" and c.ways not in (None, 1):
         raise ValueError("--ways does not apply to sinusoid regression (it has one output); leave it unset")
-    if c.benchmark == "sinusoid" and c.net is not None:
-        raise ValueError("--net applies to the conv benchmarks (omniglot, miniimagenet); leave it unset")
+    if c.net is not None and c.net not in BENCHMARKS[c.benchmark].nets:
+        raise ValueError(f"--net {c.net} does not apply to {c.benchmark}, whose nets are "
+                         f"{', '.join(BENCHMARKS[c.benchmark].nets)}")
     _check_ints(c)  # the given ones, before a rule reads them
     for field in dataclasses.fields(c):
         if field.name not in _SELECTORS and field.name != "lam_effective" and getattr(c, field.name) is None:
@@ -251,8 +252,6 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if c.truncate_steps is not None and not c.truncate_steps <= c.inner_steps:
         raise ValueError(f"--truncate-steps must be in [1, --inner-steps={c.inner_steps}], got {c.truncate_steps}")
     _check_choice("lam_scale", c.lam_scale, LAM_SCALES)
-    if c.net is not None:
-        _check_choice("net", c.net, NETS)
     _check_choice("init", c.init, INITS)
     _check_choice("curvature", c.curvature, CURVATURES)
     _check_choice("hf_curvature", c.hf_curvature, CURVATURES)
@@ -329,7 +328,7 @@ _CG = ("backend", "the implicit backends (imaml-gd, imaml-hf; --backend implicit
        lambda b, m, k: k in ("implicit", "torchopt"))
 _IMAML = ("method", "the iMAML methods (imaml-gd, imaml-hf)", lambda b, m, k: m.problem == "imaml")
 _APPLIES = {
-    "ways": _CONV, "net": _CONV, "init": _CONV,
+    "ways": _CONV, "init": _CONV,
     "data_root": ("benchmark", "the benchmarks read from disk (omniglot, miniimagenet)", _CONV[2]),
     "protocol": ("method", "imaml-gd", lambda b, m, k: m.name == "imaml-gd"),
     "lam": _IMAML, "lam_scale": _IMAML,

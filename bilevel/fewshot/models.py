@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["Conv4", "SinusoidMLP", "NETS", "INITS", "init_official"]
+__all__ = ["Conv4", "SinusoidMLP", "NETS", "SINUSOID_NETS", "INITS", "init_official"]
 
-NETS = ("strided", "maxpool")
+NETS = ("strided", "maxpool")  # Conv4's variants
+SINUSOID_NETS = ("relu", "softplus")  # SinusoidMLP's activations
 INITS = ("torch", "official")
 
 
@@ -98,11 +99,19 @@ def init_official(module: nn.Module) -> nn.Module:
 
 
 class SinusoidMLP(nn.Module):
-    """1 -> 40 -> 40 -> 1 with ReLU (Finn et al. 2017's sinusoid regressor)."""
+    """1 -> 40 -> 40 -> 1 with ReLU (Finn et al. 2017's sinusoid regressor).
 
-    def __init__(self, hidden: int = 40):
+    ``activation="softplus"`` is its smooth twin: with ReLU, iMAML's inner minimizer sits on a
+    kink where the loss is not differentiable and no solver reaches ``grad G = 0``; with
+    softplus, Newton-CG does (docs/reproduction.md, "Sinusoid").
+    """
+
+    def __init__(self, hidden: int = 40, activation: str = "relu"):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+        if activation not in SINUSOID_NETS:
+            raise ValueError(f"SinusoidMLP: activation must be one of {SINUSOID_NETS}, got {activation!r}")
+        act = {"relu": nn.ReLU, "softplus": nn.Softplus}[activation]
+        self.net = nn.Sequential(nn.Linear(1, hidden), act(), nn.Linear(hidden, hidden), act(),
                                  nn.Linear(hidden, 1))
 
     def forward(self, x):

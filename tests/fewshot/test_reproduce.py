@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bilevel.cli import main
-from bilevel.fewshot import Conv4, TrainConfig, resolve
+from bilevel.fewshot import Conv4, TrainConfig, make_benchmark, resolve
 from bilevel.fewshot.compare import run_configs
 from bilevel.reproduce.gradient_error import exact_solution, gradient_error, make_problem
 from bilevel.reproduce.memory import reproduce_memory
@@ -99,7 +99,7 @@ def test_protocol_settings_are_resolved_and_recorded():
     (dict(protocol="official", lam_scale="sum"), "leave --lam-scale unset"),
     (dict(protocol="nope"), "unknown --protocol"),
     (dict(lam_scale="median"), "--lam-scale must be one of"),
-    (dict(net="resnet"), "--net must be one of"),
+    (dict(net="resnet"), "--net resnet does not apply to omniglot, whose nets are strided, maxpool"),
     (dict(init="he"), "--init must be one of"),
     (dict(cg_damping=-1.0), "--cg-damping must be >= 0"),
     (dict(curvature="fisher"), "--curvature must be one of hessian, gauss-newton"),
@@ -120,6 +120,16 @@ def test_conv4_feature_maps(net, side):
     assert model.features(torch.zeros(2, 1, 28, 28)).shape == (2, 64, side, side)
     strides = [m.stride for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert strides == [(2, 2)] * 4 if net == "strided" else strides == [(1, 1)] * 4
+
+
+@pytest.mark.parametrize("net,activation", [(None, torch.nn.ReLU), ("softplus", torch.nn.Softplus)])
+def test_sinusoid_nets(net, activation):
+    """Finn et al.'s ReLU regressor by default, recorded in the config; softplus on request."""
+    config = resolve(TrainConfig(benchmark="sinusoid", net=net))
+    assert config.net == (net or "relu")
+    model = make_benchmark("sinusoid", 1, 10, 10, net=config.net).build_model()
+    acts = [m for m in model.modules() if not isinstance(m, (torch.nn.Linear, torch.nn.Sequential))][1:]
+    assert len(acts) == 2 and all(type(m) is activation for m in acts)
 
 
 def test_official_initialization():
