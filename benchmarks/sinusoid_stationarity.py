@@ -12,6 +12,8 @@ closest to zero over the support points. A minimizer where a ReLU sits at its ki
 support point is a point where ``G`` is not differentiable: ``G`` stops decreasing while
 ``||grad G||`` stays large, and the implicit function theorem does not apply there.
 
+``--net softplus`` measures the smooth regressor instead (give a checkpoint of a softplus run).
+
 Run: python benchmarks/sinusoid_stationarity.py --checkpoint runs/compare-sinusoid/maml/checkpoint.pt
 """
 
@@ -36,6 +38,7 @@ SOLVERS = {
     "Adam lr 0.01 x 50": Adam(0.01, 50),
     "Newton-CG 5 x 5 CG": NewtonCG(5, 5, hvp_mode="reverse-over-reverse"),
     "Newton-CG 10 x 10 CG": NewtonCG(10, 10, hvp_mode="reverse-over-reverse"),
+    "Newton-CG 10 x 20 CG": NewtonCG(10, 20, hvp_mode="reverse-over-reverse"),
 }
 
 
@@ -44,10 +47,11 @@ def main():
     parser.add_argument("--checkpoint", help="a run's checkpoint.pt whose model is theta")
     parser.add_argument("--lam", type=float, nargs="+", default=[0.5, 2.0, 10.0])
     parser.add_argument("--long", action="store_true", help="also run 4000 GD steps and report ReLU kinks")
+    parser.add_argument("--net", default="relu", choices=("relu", "softplus"), help="the regressor's activation")
     args = parser.parse_args()
     torch.manual_seed(0)
-    bench = make_benchmark("sinusoid", 1, 10, 10)
-    model = SinusoidMLP()
+    bench = make_benchmark("sinusoid", 1, 10, 10, net=args.net)
+    model = SinusoidMLP(activation=args.net)
     if args.checkpoint:
         model.load_state_dict(load_checkpoint(args.checkpoint)["model"])
     loss = bench.task_loss(model)
@@ -62,7 +66,7 @@ def main():
                 s = (support[0][i], support[1][i])
                 G = problem.objective(theta, s)
                 phi = problem.solve_inner(theta, s, detach=True)
-                cells.append(f"{float(tree_norm(grad(G)(theta))):.2f} -> {float(tree_norm(grad(G)(phi))):.3f}")
+                cells.append(f"{float(tree_norm(grad(G)(theta))):.2f} -> {float(tree_norm(grad(G)(phi))):.1e}")
             print(f"{lam:g} | {name} | " + " | ".join(cells), flush=True)
     if args.long:
         long_gd(loss, theta, support)

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from bilevel.cli import main
+from bilevel.fewshot.compare import format_table
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"], ["compare", "--help"]])
@@ -82,3 +83,11 @@ def test_compare_writes_table_csv_and_plot(tmp_path, capfd):
     png = (out / "learning_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert (out / "compare.md").read_text().startswith("| method | test mse")
+
+
+def test_compare_table_warns_when_an_inner_problem_is_left_unsolved():
+    row = dict(method="imaml-hf", metric="mse", mean=2.0, ci95=0.1, tasks=600, iterations=500,
+               seconds_per_iteration=0.1, peak_memory_mb=40.0, inner_grad_norm=0.04)
+    assert "Note" not in format_table([row])
+    table = format_table([row, {**row, "method": "imaml-gd", "inner_grad_norm": 4.55}])
+    assert "Note: the implicit meta-gradient assumes" in table and "(imaml-gd 4.55)" in table
