@@ -204,10 +204,11 @@ def format_table(rows: list[dict]) -> str:
     unsolved = [f"{r['method']} {r['inner_grad_norm']:.2f}" for r in rows
                 if r.get("inner_grad_norm") is not None and r["inner_grad_norm"] > UNSOLVED_INNER]
     if unsolved:
+        why = (" On sinusoid's ReLU net no solver gets there (the minimizer sits on a ReLU kink); with --net "
+               "softplus Newton-CG does: docs/reproduction.md, \"Sinusoid\"."
+               if rows[0].get("benchmark") == "sinusoid" else "")
         lines += ["", f"Note: the implicit meta-gradient assumes the inner problem solved (||grad G|| = 0); it was "
-                  f"not ({', '.join(unsolved)}), so that meta-gradient is biased. On sinusoid's ReLU net no solver "
-                  "gets there (the minimizer sits on a ReLU kink); with --net softplus Newton-CG does: "
-                  "docs/reproduction.md, \"Sinusoid\"."]
+                  f"not ({', '.join(unsolved)}), so that meta-gradient is biased.{why}"]
     return "\n".join(lines)
 
 
