@@ -20,6 +20,8 @@ Run: python benchmarks/sinusoid_stationarity.py --checkpoint runs/compare-sinuso
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 from torch.func import grad
@@ -47,8 +49,12 @@ def main():
     parser.add_argument("--checkpoint", help="a run's checkpoint.pt whose model is theta")
     parser.add_argument("--lam", type=float, nargs="+", default=[0.5, 2.0, 10.0])
     parser.add_argument("--long", action="store_true", help="also run 4000 GD steps and report ReLU kinks")
-    parser.add_argument("--net", default="relu", choices=("relu", "softplus"), help="the regressor's activation")
+    parser.add_argument("--net", choices=("relu", "softplus"),
+                        help="the regressor's activation (default: the checkpoint's run's, else relu)")
     args = parser.parse_args()
+    if args.net is None:
+        config = Path(args.checkpoint).parent / "config.json" if args.checkpoint else None
+        args.net = (json.loads(config.read_text()).get("net") if config and config.exists() else None) or "relu"
     torch.manual_seed(0)
     bench = make_benchmark("sinusoid", 1, 10, 10, net=args.net)
     model = SinusoidMLP(activation=args.net)

@@ -53,7 +53,9 @@ def main():
         runs = []
         for values in itertools.product(*(GRID[method][k] for k in keys)):
             point = dict(zip(keys, values))
-            name = "-".join(([args.net] if args.net != "relu" else []) + [method.removesuffix("-ggn")] + [f"{k}{v}" for k, v in point.items() if k != "curvature"]
+            prefix = [args.net] if args.net != "relu" else []  # the ReLU runs keep their old names
+            name = "-".join(prefix + [method.removesuffix("-ggn")]
+                            + [f"{k}{v}" for k, v in point.items() if k != "curvature"]
                             + (["ggn"] if point.get("curvature") == "gauss-newton" else []))
             run_dir = Path("runs/sinusoid-tuning-runs") / name
             if (run_dir / "summary.json").exists():  # finished earlier: reuse it

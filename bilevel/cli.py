@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", default="maml,fomaml,reptile,imaml-gd,imaml-hf",
                    help="comma-separated methods (default: all five)")
     _add_training_flags(c, with_method=False)
-    c.add_argument("--out", help="output folder (default: runs/compare-<benchmark>)")
+    c.add_argument("--out", help="output folder (default: runs/compare-<benchmark>, plus -<net> for a "
+                   "--net other than the benchmark's default)")
     c.add_argument("--tasks", type=_int_at_least(2), help=f"test tasks per method ({_d('eval_tasks')})")
     c.add_argument("--resume", action="store_true", help="keep finished runs (and their evaluations) in --out, "
                    "continue unfinished ones; their saved settings must match the flags (--iterations aside)")
@@ -391,7 +392,8 @@ def _dispatch(args) -> int:
         raise ValueError(f"--methods {args.methods!r} names a method twice; name each once")
     configs = run_configs({m: dict(method=m) for m in methods}, _given(args))
     first = next(iter(configs.values()))
-    out = Path(args.out or f"runs/compare-{first.benchmark}")
+    default_net = BENCHMARKS[first.benchmark].default_net
+    out = Path(args.out or f"runs/compare-{first.benchmark}" + (f"-{first.net}" if first.net != default_net else ""))
     check_output_dir(None, "--out", out)
     _check_environment(first)  # the methods share the benchmark, data and device
     jobs = args.jobs or max(1, min(len(configs), os.cpu_count() or 1))

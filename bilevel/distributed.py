@@ -51,8 +51,10 @@ class World:
     @classmethod
     def launched(cls) -> "World":
         """The place ``torchrun`` gave this process (``RANK``, ``WORLD_SIZE``), read from the
-        environment without joining a process group; a plain process is ``World(0, 1)``."""
-        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+        environment without joining a process group; a plain process (``WORLD_SIZE`` unset or 1)
+        is ``World(0, 1)``, as in :func:`init_world`."""
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        return cls(int(os.environ.get("RANK", "0")), size) if size > 1 else cls()
 
 
 def init_world(device: torch.device, timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> World:

@@ -35,6 +35,8 @@ def test_launched_world_reads_torchruns_environment(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert World.launched() == World(1, 2) and not World.launched().is_main
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: rank 0 whatever RANK says, as init_world
+    assert World.launched() == World(0, 1)
 
 
 def _train_args(out, *extra):

@@ -15,6 +15,8 @@ Two conv4 variants (``--net``):
   ReLU, 2x2 max-pool] (Vinyals et al. 2016). On 28x28 Omniglot its last BatchNorm normalizes
   1x1 maps over the support images alone (5 values per channel in 5-way 1-shot).
 
+Sinusoid's regressor (``--net`` on sinusoid): ``relu`` (Finn et al. 2017) or ``softplus``.
+
 Two initializations (``--init``): ``torch`` (PyTorch's default) and ``official`` (the official
 iMAML code's: ``xavier_uniform_(gain=1.73)`` weights, ``U(0, 0.05)`` biases, for every conv
 and the linear layer).

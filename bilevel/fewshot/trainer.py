@@ -212,8 +212,8 @@ def _train_record(iteration: int, step: MetaStep, metric: str, score: float, sec
 def _summary(config: TrainConfig, backend, run: Progress, memory: MemoryMeter, device, chunk_size) -> dict:
     budget = {} if config.memory_budget_mb is None else {"chunk_size_chosen": chunk_size}
     return {
-        "method": config.method, "benchmark": config.benchmark, "ways": config.ways, "shots": config.shots,
-        "iterations": config.iterations, "backend": config.backend or type(backend).__name__,
+        "method": config.method, "benchmark": config.benchmark, "net": config.net, "ways": config.ways,
+        "shots": config.shots, "iterations": config.iterations, "backend": config.backend or type(backend).__name__,
         "seconds_per_iteration": run.train_seconds / run.timed_iterations if run.timed_iterations else None,
         "peak_memory_mb": memory.peak_mb(), "memory_kind": memory.kind, "best_val": run.best_val,
         "device": str(device), **budget,

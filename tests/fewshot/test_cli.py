@@ -92,4 +92,6 @@ def test_compare_table_warns_when_an_inner_problem_is_left_unsolved():
     table = format_table([row, {**row, "method": "imaml-gd", "inner_grad_norm": 4.55}])
     assert "Note: the implicit meta-gradient assumes" in table and "(imaml-gd 4.55)" in table
     assert "ReLU" not in table  # the sinusoid explanation only under a sinusoid table
-    assert "ReLU kink" in format_table([{**row, "benchmark": "sinusoid", "inner_grad_norm": 4.55}])
+    sinusoid = {**row, "benchmark": "sinusoid", "inner_grad_norm": 4.55}
+    assert "ReLU kink" in format_table([sinusoid]) and "ReLU kink" in format_table([{**sinusoid, "net": "relu"}])
+    assert "--hf-steps 5 to 10" in format_table([{**sinusoid, "net": "softplus"}])
