@@ -61,6 +61,7 @@ class TrainConfig:
     shots: int | None = None
     queries: int | None = None
     backend: str | None = None  # None: the method's own
+    net: str | None = None  # before the settings whose sinusoid defaults depend on it
     inner_steps: int | None = None
     inner_lr: float | None = None
     lam: float | None = None
@@ -76,7 +77,6 @@ class TrainConfig:
     truncate_steps: int | None = None
     outer_lr: float | None = None
     outer_eps: float | None = None
-    net: str | None = None
     init: str | None = None
     meta_batch: int | None = None
     chunk_size: int | None = None  # None: all tasks at once
@@ -139,15 +139,22 @@ _BENCHMARK_DEFAULTS: dict[str, dict[str, Any]] = {
                          val_every=1000),
 }
 
+def _by_net(**values: Any) -> Rule:
+    """A sinusoid default chosen per regressor (``--net``): ``_by_net(relu=..., softplus=...)``."""
+    return Rule(lambda c: values[c.net], " or ".join(f"{v} ({net})" for net, v in values.items()))
+
+
 # Per benchmark and method (paper protocol), chosen on validation tasks (never test): the sinusoid
-# grid of benchmarks/tune_sinusoid.py, whose log and choices are in docs/results/sinusoid-tuning/.
+# grid of benchmarks/tune_sinusoid.py, whose logs and choices are in docs/results/sinusoid-tuning/
+# (ReLU) and docs/results/sinusoid-tuning-softplus/.
 _METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "sinusoid": {
-        "maml": dict(inner_lr=0.02, inner_steps=5),
-        "fomaml": dict(inner_lr=0.02, inner_steps=5),
+        "maml": dict(inner_lr=_by_net(relu=0.02, softplus=0.01), inner_steps=5),
+        "fomaml": dict(inner_lr=0.02, inner_steps=5),  # fomaml, reptile: not tuned on softplus
         "reptile": dict(inner_lr=0.02, inner_steps=5),
-        "imaml-gd": dict(lam=10.0, lam_scale="mean", inner_lr=0.02, inner_steps=25),
-        "imaml-hf": dict(lam=10.0, lam_scale="mean", hf_steps=2),
+        "imaml-gd": dict(lam=_by_net(relu=10.0, softplus=0.5), lam_scale="mean",
+                         inner_lr=_by_net(relu=0.02, softplus=0.05), inner_steps=25),
+        "imaml-hf": dict(lam=10.0, lam_scale="mean", hf_steps=_by_net(relu=2, softplus=5)),
     },
 }
 

@@ -25,6 +25,15 @@ def test_resolve_fills_every_field_and_is_idempotent(settings):
     assert resolve(config) == config
 
 
+def test_sinusoid_defaults_follow_the_net():
+    """Each net has the settings chosen on its own validation grid (docs/results/sinusoid-tuning*)."""
+    relu, soft = (resolve(TrainConfig(benchmark="sinusoid", method="imaml-hf", net=n)) for n in (None, "softplus"))
+    assert (relu.net, relu.hf_steps, soft.hf_steps) == ("relu", 2, 5)
+    gd = resolve(TrainConfig(benchmark="sinusoid", method="imaml-gd", net="softplus"))
+    assert (gd.lam, gd.inner_lr) == (0.5, 0.05)
+    assert resolve(TrainConfig(benchmark="sinusoid", method="maml", net="softplus")).inner_lr == 0.01
+
+
 def test_rules_and_tables():
     assert resolve(TrainConfig(benchmark="omniglot", ways=5)).inner_steps == 16
     assert resolve(TrainConfig(benchmark="omniglot", ways=20)).inner_steps == 25
