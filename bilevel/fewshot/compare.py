@@ -206,8 +206,8 @@ def format_table(rows: list[dict]) -> str:
     if unsolved:
         why = {"relu": " On sinusoid's ReLU net no solver gets there (the minimizer sits on a ReLU kink); with "
                        "--net softplus Newton-CG does: docs/reproduction.md, \"Sinusoid\".",
-               "softplus": " On the softplus net Newton-CG gets there with more steps (--hf-steps 5 to 10 at "
-                           "--lam 10 --lam-scale mean): docs/reproduction.md, \"Sinusoid\"."}
+               "softplus": " On the softplus net imaml-hf's Newton-CG gets there (5 to 10 Newton steps at lambda 10 "
+                           "on the mean loss) and gradient descent does not: docs/reproduction.md, \"Sinusoid\"."}
         # Runs summarized before the net was recorded are sinusoid's ReLU ones.
         why = why.get(rows[0].get("net") or "relu", "") if rows[0].get("benchmark") == "sinusoid" else ""
         lines += ["", f"Note: the implicit meta-gradient assumes the inner problem solved (||grad G|| = 0); it was "

@@ -94,4 +94,4 @@ def test_compare_table_warns_when_an_inner_problem_is_left_unsolved():
     assert "ReLU" not in table  # the sinusoid explanation only under a sinusoid table
     sinusoid = {**row, "benchmark": "sinusoid", "inner_grad_norm": 4.55}
     assert "ReLU kink" in format_table([sinusoid]) and "ReLU kink" in format_table([{**sinusoid, "net": "relu"}])
-    assert "--hf-steps 5 to 10" in format_table([{**sinusoid, "net": "softplus"}])
+    assert "5 to 10 Newton steps" in format_table([{**sinusoid, "net": "softplus"}])
