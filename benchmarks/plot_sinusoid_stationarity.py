@@ -16,6 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
+from bilevel.fewshot.compare import late_mean
+from bilevel.fewshot.config import load_config
+
 GRIDS = {"relu": "docs/results/sinusoid-tuning/tuning.json", "softplus": "docs/results/sinusoid-tuning-softplus/tuning.json"}
 MARKERS = {"imaml-gd": "o", "imaml-hf": "s"}
 COLORS = {"relu": "tab:red", "softplus": "tab:blue"}
@@ -25,9 +28,8 @@ def extra_point(run_dir: Path) -> dict:
     """Validation MSE and late stationarity of one finished run, as in a grid's records."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     val = [r for r in records if r["split"] == "val"][-1]
-    norms = [r["stats_inner_grad_norm"] for r in records if r["split"] == "train" and "stats_inner_grad_norm" in r][-100:]
-    method = json.loads((run_dir / "config.json").read_text())["method"]
-    return {"method": method, "val_mse": val["mse"], "val_ci95": val["ci95"], "inner_grad_norm": sum(norms) / len(norms)}
+    return {"method": load_config(run_dir / "config.json").method, "val_mse": val["mse"], "val_ci95": val["ci95"],
+            "inner_grad_norm": late_mean(run_dir, "stats_inner_grad_norm")}
 
 
 def main():

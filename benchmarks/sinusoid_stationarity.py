@@ -20,14 +20,15 @@ Run: python benchmarks/sinusoid_stationarity.py --checkpoint runs/compare-sinuso
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 from torch.func import grad
 
 from bilevel import Adam, GradientDescent, Momentum, NewtonCG, imaml_problem
-from bilevel.fewshot import SinusoidMLP, make_benchmark
+from bilevel.fewshot import SinusoidMLP, make_benchmark, resolve
+from bilevel.fewshot.config import load_config
+from bilevel.fewshot.models import SINUSOID_NETS
 from bilevel.fewshot.benchmarks import batch_to_tasks
 from bilevel.fewshot.checkpoint import load_checkpoint
 from bilevel.tree import tree_norm
@@ -49,12 +50,12 @@ def main():
     parser.add_argument("--checkpoint", help="a run's checkpoint.pt whose model is theta")
     parser.add_argument("--lam", type=float, nargs="+", default=[0.5, 2.0, 10.0])
     parser.add_argument("--long", action="store_true", help="also run 4000 GD steps and report ReLU kinks")
-    parser.add_argument("--net", choices=("relu", "softplus"),
+    parser.add_argument("--net", choices=SINUSOID_NETS,
                         help="the regressor's activation (default: the checkpoint's run's, else relu)")
     args = parser.parse_args()
     if args.net is None:
         config = Path(args.checkpoint).parent / "config.json" if args.checkpoint else None
-        args.net = (json.loads(config.read_text()).get("net") if config and config.exists() else None) or "relu"
+        args.net = resolve(load_config(config)).net if config and config.exists() else "relu"
     torch.manual_seed(0)
     bench = make_benchmark("sinusoid", 1, 10, 10, net=args.net)
     model = SinusoidMLP(activation=args.net)

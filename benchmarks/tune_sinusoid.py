@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bilevel import NonFiniteError
 from bilevel.fewshot import TrainConfig, train
+from bilevel.fewshot.models import SINUSOID_NETS
 
 GRID = {
     "maml": dict(inner_lr=[0.01, 0.02, 0.05], inner_steps=[1, 5]),
@@ -43,7 +44,7 @@ def main():
     parser.add_argument("--out", default="runs/sinusoid-tuning")
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--methods", default=",".join(GRID))
-    parser.add_argument("--net", default="relu", choices=("relu", "softplus"), help="the regressor's activation")
+    parser.add_argument("--net", default="relu", choices=SINUSOID_NETS, help="the regressor's activation")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .config import TrainConfig, inapplicable, load_config, resolve
 
-__all__ = ["compare", "run_one", "run_many", "run_configs", "format_table", "plot_learning_curves", "write_outputs",
+__all__ = ["compare", "run_one", "run_many", "run_configs", "late_mean", "format_table", "plot_learning_curves", "write_outputs",
            "describe_training", "describe_evaluation"]
 
 
@@ -137,10 +137,10 @@ def run_one(name: str, run_dir: Path, config: TrainConfig, eval_tasks: int | Non
     summary = json.loads((run_dir / "summary.json").read_text())
     evaluation = json.loads((run_dir / "evaluation-test.json").read_text())
     return {**summary, "method": name, **{k: evaluation[k] for k in ("metric", "mean", "ci95", "tasks")},
-            "run_dir": str(run_dir), "inner_grad_norm": _late_mean(run_dir, "stats_inner_grad_norm")}
+            "run_dir": str(run_dir), "inner_grad_norm": late_mean(run_dir, "stats_inner_grad_norm")}
 
 
-def _late_mean(run_dir: Path, key: str, last: int = 100) -> float | None:
+def late_mean(run_dir: Path, key: str, last: int = 100) -> float | None:
     """The mean of ``key`` over the last ``last`` training iterations (``None`` if not logged)."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     values = [r[key] for r in map(json.loads, lines) if r["split"] == "train" and key in r][-last:]
@@ -186,6 +186,13 @@ def compare(configs: dict[str, TrainConfig], out: Path, eval_tasks: int | None =
 # Above this, the table warns that an implicit meta-gradient's inner problem was not solved: 3-5x
 # what iMAML-GD reaches on Omniglot (0.1-0.15), where it learns.
 UNSOLVED_INNER = 0.5
+# Why, per sinusoid net, under that warning.
+_UNSOLVED_WHY = {
+    "relu": " On sinusoid's ReLU net no solver gets there (the minimizer sits on a ReLU kink); with --net softplus "
+            "Newton-CG does: docs/reproduction.md, \"Sinusoid\".",
+    "softplus": " On the softplus net imaml-hf's Newton-CG gets there (5 to 10 Newton steps at lambda 10 on the mean "
+                "loss) and gradient descent does not: docs/reproduction.md, \"Sinusoid\".",
+}
 
 
 def format_table(rows: list[dict]) -> str:
@@ -204,12 +211,8 @@ def format_table(rows: list[dict]) -> str:
     unsolved = [f"{r['method']} {r['inner_grad_norm']:.2f}" for r in rows
                 if r.get("inner_grad_norm") is not None and r["inner_grad_norm"] > UNSOLVED_INNER]
     if unsolved:
-        why = {"relu": " On sinusoid's ReLU net no solver gets there (the minimizer sits on a ReLU kink); with "
-                       "--net softplus Newton-CG does: docs/reproduction.md, \"Sinusoid\".",
-               "softplus": " On the softplus net imaml-hf's Newton-CG gets there (5 to 10 Newton steps at lambda 10 "
-                           "on the mean loss) and gradient descent does not: docs/reproduction.md, \"Sinusoid\"."}
         # Runs summarized before the net was recorded are sinusoid's ReLU ones.
-        why = why.get(rows[0].get("net") or "relu", "") if rows[0].get("benchmark") == "sinusoid" else ""
+        why = _UNSOLVED_WHY[rows[0].get("net") or "relu"] if rows[0].get("benchmark") == "sinusoid" else ""
         lines += ["", f"Note: the implicit meta-gradient assumes the inner problem solved (||grad G|| = 0); it was "
                   f"not ({', '.join(unsolved)}), so that meta-gradient is biased.{why}"]
     return "\n".join(lines)

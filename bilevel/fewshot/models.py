@@ -29,7 +29,8 @@ from torch import nn
 __all__ = ["Conv4", "SinusoidMLP", "NETS", "SINUSOID_NETS", "INITS", "init_official"]
 
 NETS = ("strided", "maxpool")  # Conv4's variants
-SINUSOID_NETS = ("relu", "softplus")  # SinusoidMLP's activations
+_ACTIVATIONS = {"relu": nn.ReLU, "softplus": nn.Softplus}
+SINUSOID_NETS = tuple(_ACTIVATIONS)  # SinusoidMLP's activations
 INITS = ("torch", "official")
 
 
@@ -112,7 +113,7 @@ class SinusoidMLP(nn.Module):
         super().__init__()
         if activation not in SINUSOID_NETS:
             raise ValueError(f"SinusoidMLP: activation must be one of {SINUSOID_NETS}, got {activation!r}")
-        act = {"relu": nn.ReLU, "softplus": nn.Softplus}[activation]
+        act = _ACTIVATIONS[activation]
         self.net = nn.Sequential(nn.Linear(1, hidden), act(), nn.Linear(hidden, hidden), act(),
                                  nn.Linear(hidden, 1))
 

@@ -34,6 +34,8 @@ ROWS = {
     "imaml-hf-gn": dict(method="imaml-hf", curvature="gauss-newton"),
     "imaml-gd-official": dict(method="imaml-gd", protocol="official"),
 }
+# The rows that --lam / --lam-scale (``imaml``) set: the iMAML methods under the paper's protocol.
+_PAPER_IMAML = tuple(r for r, s in ROWS.items() if s["method"].startswith("imaml") and "protocol" not in s)
 PAPER_BUDGET = "20000x32"
 QUICK_BUDGET = "2x2"
 
@@ -79,7 +81,7 @@ def reproduce_table(out: str | Path, *, settings: list[str], rows: list[str], bu
             own[f"{setting}/{row}"] = dict(
                 **ROWS[row], benchmark="omniglot", ways=ways, shots=shots, iterations=iterations,
                 meta_batch=meta_batch, val_every=max(1, iterations // 10), **(dict(val_tasks=10) if quick else {}),
-                **((imaml or {}) if row in ("imaml-gd", "imaml-hf", "imaml-hf-gn") else {}))
+                **((imaml or {}) if row in _PAPER_IMAML else {}))
     configs = run_configs(own, common or {})
     runs = [(name, out / name, config) for name, config in configs.items()]
     results = run_many(runs, eval_tasks=eval_tasks, resume=True, jobs=jobs, quiet=True)
