@@ -12,7 +12,8 @@ closest to zero over the support points. A minimizer where a ReLU sits at its ki
 support point is a point where ``G`` is not differentiable: ``G`` stops decreasing while
 ``||grad G||`` stays large, and the implicit function theorem does not apply there.
 
-``--net softplus`` measures the smooth regressor instead (give a checkpoint of a softplus run).
+``--net`` chooses the regressor (by default the checkpoint's run's): ``relu`` (Finn et al.'s)
+or ``softplus`` (the main job's).
 
 Run: python benchmarks/sinusoid_stationarity.py --checkpoint runs/compare-sinusoid/maml/checkpoint.pt
 """
@@ -29,7 +30,7 @@ from bilevel import Adam, GradientDescent, Momentum, NewtonCG, imaml_problem
 from bilevel.fewshot import SinusoidMLP, make_benchmark, resolve
 from bilevel.fewshot.config import load_config
 from bilevel.fewshot.models import SINUSOID_NETS
-from bilevel.fewshot.benchmarks import batch_to_tasks
+from bilevel.fewshot.benchmarks import SinusoidBenchmark, batch_to_tasks
 from bilevel.fewshot.checkpoint import load_checkpoint
 from bilevel.tree import tree_norm
 
@@ -51,11 +52,11 @@ def main():
     parser.add_argument("--lam", type=float, nargs="+", default=[0.5, 2.0, 10.0])
     parser.add_argument("--long", action="store_true", help="also run 4000 GD steps and report ReLU kinks")
     parser.add_argument("--net", choices=SINUSOID_NETS,
-                        help="the regressor's activation (default: the checkpoint's run's, else relu)")
+                        help="the regressor's activation (default: the checkpoint's run's, else the benchmark's)")
     args = parser.parse_args()
     if args.net is None:
         config = Path(args.checkpoint).parent / "config.json" if args.checkpoint else None
-        args.net = resolve(load_config(config)).net if config and config.exists() else "relu"
+        args.net = resolve(load_config(config)).net if config and config.exists() else SinusoidBenchmark.default_net
     torch.manual_seed(0)
     bench = make_benchmark("sinusoid", 1, 10, 10, net=args.net)
     model = SinusoidMLP(activation=args.net)

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from bilevel.cli import main
-from bilevel.fewshot.compare import format_table
+from bilevel.fewshot.compare import format_table, inner_work
+from bilevel.fewshot.config import TrainConfig, resolve
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["evaluate", "--help"], ["compare", "--help"]])
@@ -78,7 +79,7 @@ def test_compare_writes_table_csv_and_plot(tmp_path, capfd):
     stdout = capfd.readouterr().out
     assert "| maml |" in stdout and "| imaml-gd |" in stdout
     rows = list(csv.DictReader(open(out / "compare.csv")))
-    assert [r["method"] for r in rows] == ["maml", "imaml-gd"]
+    assert [r["method"] for r in rows] == ["maml", "imaml-gd"]  # the given order, though imaml-gd starts first
     assert all(float(r["ci95"]) > 0 and int(r["tasks"]) == 10 for r in rows)
     png = (out / "learning_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -94,4 +95,12 @@ def test_compare_table_warns_when_an_inner_problem_is_left_unsolved():
     assert "ReLU" not in table  # the sinusoid explanation only under a sinusoid table
     sinusoid = {**row, "benchmark": "sinusoid", "inner_grad_norm": 4.55}
     assert "ReLU kink" in format_table([sinusoid]) and "ReLU kink" in format_table([{**sinusoid, "net": "relu"}])
-    assert "5 to 10 Newton steps" in format_table([{**sinusoid, "net": "softplus"}])
+    assert "5 Newton steps" in format_table([{**sinusoid, "net": "softplus"}])
+
+
+def test_compare_starts_the_longest_run_first():
+    """run_many starts runs in decreasing inner_work, so that --jobs 2 finishes them together."""
+    work = {m: inner_work(resolve(TrainConfig(benchmark="sinusoid", method=m)))
+            for m in ("maml", "fomaml", "reptile", "imaml-gd", "imaml-hf")}
+    assert sorted(work, key=work.get, reverse=True) == ["imaml-hf", "imaml-gd", "maml", "reptile", "fomaml"]
+    assert inner_work(resolve(TrainConfig(benchmark="sinusoid", method="maml", iterations=1000))) == 2 * work["maml"]

@@ -27,11 +27,13 @@ def test_resolve_fills_every_field_and_is_idempotent(settings):
 
 def test_sinusoid_defaults_follow_the_net():
     """Each net has the settings chosen on its own validation grid (docs/results/sinusoid-tuning*)."""
-    relu, soft = (resolve(TrainConfig(benchmark="sinusoid", method="imaml-hf", net=n)) for n in (None, "softplus"))
-    assert (relu.net, relu.hf_steps, soft.hf_steps) == ("relu", 2, 5)
-    gd = resolve(TrainConfig(benchmark="sinusoid", method="imaml-gd", net="softplus"))
+    soft, relu = (resolve(TrainConfig(benchmark="sinusoid", method="imaml-hf", net=n)) for n in (None, "relu"))
+    assert (soft.net, soft.lam, soft.hf_steps) == ("softplus", 10.0, 5)
+    assert (relu.net, relu.lam, relu.hf_steps) == ("relu", 10.0, 2)
+    gd = resolve(TrainConfig(benchmark="sinusoid", method="imaml-gd"))
     assert (gd.lam, gd.inner_lr) == (0.5, 0.05)
-    assert resolve(TrainConfig(benchmark="sinusoid", method="maml", net="softplus")).inner_lr == 0.01
+    maml = [resolve(TrainConfig(benchmark="sinusoid", method="maml", net=n)) for n in ("softplus", "relu")]
+    assert [(c.inner_lr, c.inner_steps) for c in maml] == [(0.01, 5), (0.01, 10)]
 
 
 def test_rules_and_tables():
@@ -85,3 +87,16 @@ def test_compare_resolves_one_config_per_method_dropping_what_it_does_not_use():
     assert all(resolve(c) == c for c in configs.values())
     with pytest.raises(ValueError, match="--hf-steps does not apply .*no run of this comparison uses it"):
         run_configs({m: dict(method=m) for m in ("maml", "imaml-gd")}, dict(hf_steps=3))
+
+
+def test_a_sinusoid_run_saved_before_the_net_was_recorded_loads_as_relu(tmp_path):
+    """Such runs were all ReLU; the default has since become softplus, so the default must not apply."""
+    import json
+
+    from bilevel.fewshot.config import load_config
+
+    saved = dataclasses.asdict(resolve(TrainConfig(benchmark="sinusoid", method="maml", net="relu")))
+    del saved["net"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert resolve(load_config(tmp_path / "config.json")).net == "relu"
+    assert resolve(TrainConfig(benchmark="sinusoid")).net == "softplus"

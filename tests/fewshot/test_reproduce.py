@@ -122,11 +122,11 @@ def test_conv4_feature_maps(net, side):
     assert strides == [(2, 2)] * 4 if net == "strided" else strides == [(1, 1)] * 4
 
 
-@pytest.mark.parametrize("net,activation", [(None, torch.nn.ReLU), ("softplus", torch.nn.Softplus)])
+@pytest.mark.parametrize("net,activation", [(None, torch.nn.Softplus), ("relu", torch.nn.ReLU)])
 def test_sinusoid_nets(net, activation):
-    """Finn et al.'s ReLU regressor by default, recorded in the config; softplus on request."""
+    """The smooth regressor by default, recorded in the config; Finn et al.'s ReLU one on request."""
     config = resolve(TrainConfig(benchmark="sinusoid", net=net))
-    assert config.net == (net or "relu")
+    assert config.net == (net or "softplus")
     model = make_benchmark("sinusoid", 1, 10, 10, net=config.net).build_model()
     acts = [m for m in model.modules() if not isinstance(m, (torch.nn.Linear, torch.nn.Sequential))][1:]
     assert len(acts) == 2 and all(type(m) is activation for m in acts)
