@@ -3,11 +3,10 @@
 One point per iMAML run of the sinusoid grids (``benchmarks/tune_sinusoid.py``, with and without
 ``--net softplus``): x is ``||grad G(phi)||`` averaged over the last 100 training iterations (the
 implicit meta-gradient assumes 0), y the validation MSE at the end (+- 95% CI); MAML's
-validation MSE on each net is a horizontal line. Extra runs (``--extra NET:RUN_DIR``, e.g. the
-10-Newton-step run) are added as points.
+validation MSE on each net is a horizontal line. Runs outside the grids
+(``--extra NET:RUN_DIR``) are added as points.
 
-Run: python benchmarks/plot_sinusoid_stationarity.py --out docs/results/sinusoid-tuning-softplus/stationarity.png \\
-         --extra softplus:runs/sinusoid-tuning-runs/softplus-imaml-hf-lam10.0-hf_steps10
+Run: python benchmarks/plot_sinusoid_stationarity.py --out docs/results/sinusoid-tuning-softplus/stationarity.png
 """
 
 from __future__ import annotations
