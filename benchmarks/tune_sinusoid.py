@@ -39,8 +39,8 @@ GRID = {
     "imaml-hf": dict(lam=[0.5, 2.0, 10.0], hf_steps=[2, 5, 10]),
 }
 # Points run for the record but never chosen: they take the main job past its 3 minutes.
-# iMAML-HF with 10 Newton steps trains at 0.52-0.54 s per iteration on one core on the softplus
-# net (docs/reproduction.md), 4.3-4.5 minutes for the 500 iterations alone.
+# iMAML-HF with 10 Newton steps trains at 0.48-0.52 s per iteration on one core on the softplus
+# net (docs/reproduction.md), 4.0-4.3 minutes for the 500 iterations alone.
 OVER_BUDGET = {"imaml-hf": lambda point: point["hf_steps"] >= 10}
 
 

@@ -105,7 +105,8 @@ def _add_training_flags(p: argparse.ArgumentParser, with_method: bool = True) ->
     h.add_argument("--inner-steps", type=_positive_int, help=f"inner gradient steps ({_d('inner_steps')})")
     h.add_argument("--inner-lr", type=_positive_float, help=f"inner learning rate ({_d('inner_lr')})")
     h.add_argument("--lam", type=_positive_float, help=f"iMAML's proximal strength lambda ({_d('lam')}; the "
-                   "sinusoid values chosen on validation, docs/results/sinusoid-tuning)")
+                   "sinusoid values chosen on validation, docs/results/sinusoid-tuning-softplus and, for relu, "
+                   "docs/results/sinusoid-tuning)")
     h.add_argument("--lam-scale", choices=LAM_SCALES,
                    help="the support loss that --lam is stated for: mean (as computed) or sum over the ways*shots "
                    f"support examples, i.e. lambda / (ways*shots) on the mean ({_d('lam_scale')})")

@@ -116,7 +116,7 @@ def _half_inner_steps(c: TrainConfig) -> int | None:
 DEFAULTS: dict[str, Any] = dict(
     benchmark="sinusoid", method="imaml-gd", protocol="paper",
     lam=2.0, lam_scale="sum",  # lambda = 2 learns only summed: docs/reproduction.md
-    cg_steps=5, cg_damping=0.0, cg_on_negative="continue", curvature="hessian", hf_cg_steps=5,
+    cg_steps=5, cg_damping=0.0, cg_on_negative="continue", curvature="hessian", hf_steps=5, hf_cg_steps=5,
     hf_curvature="hessian",
     truncate_steps=Rule(_half_inner_steps, "half of --inner-steps"),
     outer_lr=1e-3, outer_eps=1e-8, init="torch", vectorize="auto",
@@ -130,11 +130,11 @@ DEFAULT_LAM_SCALE = DEFAULTS["lam_scale"]
 
 _CONV_INNER_STEPS = Rule(_conv_inner_steps, "16 up to 5 ways, 25 above")
 _BENCHMARK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sinusoid": dict(ways=1, shots=10, queries=10, inner_steps=5, inner_lr=0.02, hf_steps=2, meta_batch=25,
+    "sinusoid": dict(ways=1, shots=10, queries=10, inner_steps=5, inner_lr=0.02, meta_batch=25,
                      net=BENCHMARKS["sinusoid"].default_net, iterations=500, val_every=100),
-    "omniglot": dict(ways=5, shots=1, queries=5, inner_steps=_CONV_INNER_STEPS, inner_lr=0.1, hf_steps=5,
+    "omniglot": dict(ways=5, shots=1, queries=5, inner_steps=_CONV_INNER_STEPS, inner_lr=0.1,
                      net=BENCHMARKS["omniglot"].default_net, meta_batch=32, iterations=20000, val_every=500),
-    "miniimagenet": dict(ways=5, shots=1, queries=15, inner_steps=_CONV_INNER_STEPS, inner_lr=0.01, hf_steps=5,
+    "miniimagenet": dict(ways=5, shots=1, queries=15, inner_steps=_CONV_INNER_STEPS, inner_lr=0.01,
                          net=BENCHMARKS["miniimagenet"].default_net, meta_batch=4, iterations=60000,
                          val_every=1000),
 }
@@ -434,6 +434,7 @@ def load_config(path: str | Path) -> TrainConfig:
         raise ValueError(f"{path} holds {type(data).__name__}, not a configuration object; restore it or start "
                          "a new run")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    if data.get("benchmark") == "sinusoid" and "net" not in data:
-        data["net"] = "relu"  # saved before the net was recorded, when every sinusoid run was ReLU
+    if data.get("benchmark") == "sinusoid" and data.get("net") is None:
+        # Saved before the net was recorded (no key, or null), when every sinusoid run was ReLU.
+        data["net"] = "relu"
     return TrainConfig(**{k: v for k, v in data.items() if k in known})

@@ -89,14 +89,19 @@ def test_compare_resolves_one_config_per_method_dropping_what_it_does_not_use():
         run_configs({m: dict(method=m) for m in ("maml", "imaml-gd")}, dict(hf_steps=3))
 
 
-def test_a_sinusoid_run_saved_before_the_net_was_recorded_loads_as_relu(tmp_path):
-    """Such runs were all ReLU; the default has since become softplus, so the default must not apply."""
+@pytest.mark.parametrize("recorded", ["missing", "null"])
+def test_a_sinusoid_run_saved_before_the_net_was_recorded_loads_as_relu(tmp_path, recorded):
+    """Such runs (no "net", or "net": null) were all ReLU; the default has since become
+    softplus, so the default must not apply."""
     import json
 
     from bilevel.fewshot.config import load_config
 
     saved = dataclasses.asdict(resolve(TrainConfig(benchmark="sinusoid", method="maml", net="relu")))
-    del saved["net"]
+    if recorded == "missing":
+        del saved["net"]
+    else:
+        saved["net"] = None
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert resolve(load_config(tmp_path / "config.json")).net == "relu"
     assert resolve(TrainConfig(benchmark="sinusoid")).net == "softplus"
