@@ -93,7 +93,10 @@ def main():
         # best one's 95% interval: the grid's differences inside that interval are noise, its
         # differences in time are not. Times within 20% of the cheapest count as equal (they
         # were measured beside other jobs).
-        eligible = [r for r in runs if not r["over_budget"]]
+        eligible = [r for r in runs if not r["over_budget"] and "diverged" not in r]
+        if not eligible:
+            print(f"{method}: every point within the budget diverged; none chosen", flush=True)
+            continue
         best_eligible = min(eligible, key=lambda r: r["val_mse"])
         close = [r for r in eligible if r["val_mse"] <= best_eligible["val_mse"] + best_eligible["val_ci95"]]
         cheapest = min(r["train_seconds"] for r in close)

@@ -183,8 +183,12 @@ def inner_work(c: TrainConfig) -> int:
     if method.inner_solver == "newton-cg":
         inner = c.hf_steps * (1 + _HVP_COST * c.hf_cg_steps)
     else:
-        inner = c.inner_steps * (2 if backend in ("unrolled", "truncated") else 1)  # backprop doubles it
-    meta = _HVP_COST * c.cg_steps if backend == "implicit" else 0
+        inner = c.inner_steps
+    if backend in ("unrolled", "higher"):
+        inner *= 2  # backprop through every step
+    elif backend == "truncated":
+        inner += c.truncate_steps or 0  # through the last ones
+    meta = _HVP_COST * c.cg_steps if backend in ("implicit", "torchopt") else 0
     return (inner + meta) * c.iterations * c.meta_batch
 
 
