@@ -27,6 +27,7 @@ from pathlib import Path
 from bilevel import NonFiniteError
 from bilevel.fewshot import TrainConfig, train
 from bilevel.fewshot.benchmarks import SinusoidBenchmark
+from bilevel.fewshot.compare import late_mean
 from bilevel.fewshot.models import SINUSOID_NETS
 
 GRID = {
@@ -78,11 +79,9 @@ def main():
                     continue
             records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             val_ci = [r["ci95"] for r in records if r["split"] == "val"][-1]
-            train_records = [r for r in records if r["split"] == "train"][-100:]
-            stationarity = [r["stats_inner_grad_norm"] for r in train_records if "stats_inner_grad_norm" in r]
             row = {**point, "val_mse": summary["best_val"], "val_ci95": val_ci,
                    "train_seconds": round(summary["seconds_per_iteration"] * summary["iterations"], 1),
-                   "inner_grad_norm": sum(stationarity) / len(stationarity) if stationarity else None}
+                   "inner_grad_norm": late_mean(run_dir, "stats_inner_grad_norm")}
             runs.append(row)
             print(method, row, flush=True)
         over = OVER_BUDGET.get(method, lambda point: False)
