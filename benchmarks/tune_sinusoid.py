@@ -4,7 +4,8 @@ Every method gets the same budget as the main job (500 meta-iterations of 25 tas
 point of a small grid, and is scored on 100 validation tasks (never the test tasks); the best
 point per method, and the chosen one (among the points that fit the main job's 3 minutes, the
 cheapest in training time, within 20%, whose validation MSE lies within the best one's 95%
-interval), are printed and written to ``OUT/tuning.json`` with every
+interval; for iMAML, among the points whose inner problem was solved, ``||grad G|| <=
+UNSOLVED_INNER``), are printed and written to ``OUT/tuning.json`` with every
 run's validation MSE and, for iMAML, the inner stationarity ``||grad G(phi)||`` averaged over
 the last 100 iterations. The chosen values are the sinusoid defaults in
 ``bilevel/fewshot/config.py``. Finished runs in ``runs/sinusoid-tuning-runs`` are reused.
@@ -27,7 +28,7 @@ from pathlib import Path
 from bilevel import NonFiniteError
 from bilevel.fewshot import TrainConfig, train
 from bilevel.fewshot.benchmarks import SinusoidBenchmark
-from bilevel.fewshot.compare import late_mean
+from bilevel.fewshot.compare import UNSOLVED_INNER, late_mean
 from bilevel.fewshot.models import SINUSOID_NETS
 
 GRID = {
@@ -35,7 +36,12 @@ GRID = {
     "fomaml": dict(inner_lr=[0.01, 0.02, 0.05], inner_steps=[1, 5, 10]),
     "reptile": dict(inner_lr=[0.01, 0.02, 0.05], inner_steps=[1, 5, 10]),
     # iMAML's inner problem is solved, not just stepped: more steps, and lambda on the mean loss.
-    "imaml-gd": dict(lam=[0.5, 2.0, 10.0], inner_lr=[0.02, 0.05], inner_steps=[25], curvature=["hessian"]),
+    # A list of grids is their union: plain gradient descent, then the heavy ball and Nesterov's
+    # momentum, which reach stationarity in the same 25 steps at lambda 10 (stationarity.txt).
+    "imaml-gd": [dict(lam=[0.5, 2.0, 10.0], inner_lr=[0.02, 0.05], inner_steps=[25], curvature=["hessian"]),
+                 dict(lam=[2.0, 10.0], inner_lr=[0.005, 0.01], inner_steps=[25], inner_momentum=[0.5]),
+                 dict(lam=[2.0, 10.0], inner_lr=[0.005, 0.01], inner_steps=[25], inner_momentum=[0.7],
+                      inner_nesterov=[True])],
     "imaml-gd-ggn": dict(lam=[0.5, 2.0, 10.0], inner_lr=[0.02], inner_steps=[25], curvature=["gauss-newton"]),
     "imaml-hf": dict(lam=[0.5, 2.0, 10.0], hf_steps=[2, 5, 10]),
 }
@@ -43,6 +49,27 @@ GRID = {
 # iMAML-HF with 10 Newton steps trains at 0.48-0.52 s per iteration on one core on the softplus
 # net (docs/reproduction.md), 4.0-4.3 minutes for the 500 iterations alone.
 OVER_BUDGET = {"imaml-hf": lambda point: point["hf_steps"] >= 10}
+# The implicit meta-gradient assumes the inner problem solved: an iMAML point whose inner
+# stationarity ||grad G|| (mean of the last 100 iterations) is above this is never chosen.
+STATIONARY = {"imaml-gd": UNSOLVED_INNER, "imaml-hf": UNSOLVED_INNER}
+
+
+def points(grid) -> list[dict]:
+    """Every point of a grid (a dict of value lists) or of a list of grids (their union)."""
+    grids = grid if isinstance(grid, list) else [grid]
+    return [dict(zip(g, values)) for g in grids for values in itertools.product(*g.values())]
+
+
+def run_name(net: str, method: str, point: dict) -> str:
+    prefix = [net] if net != "relu" else []  # the ReLU runs keep their old names
+    words = []
+    for k, v in point.items():
+        if k == "curvature" or k == "inner_nesterov":
+            continue
+        words.append(f"{k}{v}")
+    return "-".join(prefix + [method.removesuffix("-ggn")] + words
+                    + (["nesterov"] if point.get("inner_nesterov") else [])
+                    + (["ggn"] if point.get("curvature") == "gauss-newton" else []))
 
 
 def main():
@@ -55,17 +82,12 @@ def main():
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    # The methods not rerun keep their earlier results.
+    results = json.loads((out / "tuning.json").read_text()) if (out / "tuning.json").exists() else {}
     for method in args.methods.split(","):
-        keys = list(GRID[method])
         runs = []
-        for values in itertools.product(*(GRID[method][k] for k in keys)):
-            point = dict(zip(keys, values))
-            prefix = [args.net] if args.net != "relu" else []  # the ReLU runs keep their old names
-            name = "-".join(prefix + [method.removesuffix("-ggn")]
-                            + [f"{k}{v}" for k, v in point.items() if k != "curvature"]
-                            + (["ggn"] if point.get("curvature") == "gauss-newton" else []))
-            run_dir = Path("runs/sinusoid-tuning-runs") / name
+        for point in points(GRID[method]):
+            run_dir = Path("runs/sinusoid-tuning-runs") / run_name(args.net, method, point)
             if (run_dir / "summary.json").exists():  # finished earlier: reuse it
                 summary = json.loads((run_dir / "summary.json").read_text())
             else:
@@ -92,9 +114,14 @@ def main():
         # best one's 95% interval: the grid's differences inside that interval are noise, its
         # differences in time are not. Times within 20% of the cheapest count as equal (they
         # were measured beside other jobs).
-        eligible = [r for r in runs if not r["over_budget"] and "diverged" not in r]
+        limit = STATIONARY.get(method)
+        for r in runs:
+            if limit is not None:
+                r["stationary"] = r.get("inner_grad_norm") is not None and r["inner_grad_norm"] <= limit
+        eligible = [r for r in runs if not r["over_budget"] and "diverged" not in r and r.get("stationary", True)]
         if not eligible:
-            print(f"{method}: every point within the budget diverged; none chosen", flush=True)
+            print(f"{method}: no point within the budget converged (stationary, not diverged); none chosen",
+                  flush=True)
             continue
         best_eligible = min(eligible, key=lambda r: r["val_mse"])
         close = [r for r in eligible if r["val_mse"] <= best_eligible["val_mse"] + best_eligible["val_ci95"]]

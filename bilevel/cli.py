@@ -69,6 +69,14 @@ _positive_float = _float_at_least(0.0, True, "a positive number")
 _nonnegative_float = _float_at_least(0.0, False, "a number >= 0")
 
 
+def _unit_interval_float(text: str) -> float:
+    """An argparse type: a float in ``[0, 1)`` (a momentum)."""
+    value = _nonnegative_float(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
 def _d(name: str) -> str:
     """The default of a TrainConfig field in words, from the config's tables."""
     return describe_default(name)
@@ -104,6 +112,11 @@ def _add_training_flags(p: argparse.ArgumentParser, with_method: bool = True) ->
     h = p.add_argument_group("hyperparameters (defaults from the iMAML paper where it gives them)")
     h.add_argument("--inner-steps", type=_positive_int, help=f"inner gradient steps ({_d('inner_steps')})")
     h.add_argument("--inner-lr", type=_positive_float, help=f"inner learning rate ({_d('inner_lr')})")
+    h.add_argument("--inner-momentum", type=_unit_interval_float, metavar="M",
+                   help=f"heavy-ball momentum of the gradient inner loop, 0 for plain gradient descent "
+                        f"({_d('inner_momentum')})")
+    h.add_argument("--inner-nesterov", action="store_true", default=None,
+                   help="Nesterov's form of --inner-momentum (default: off)")
     h.add_argument("--lam", type=_positive_float, help=f"iMAML's proximal strength lambda ({_d('lam')}; the "
                    "sinusoid values chosen on validation, docs/results/sinusoid-tuning-softplus and, for relu, "
                    "docs/results/sinusoid-tuning)")

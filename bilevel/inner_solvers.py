@@ -183,16 +183,27 @@ class GradientDescentThenPull(InnerSolver):
 
 @dataclass(frozen=True)
 class Momentum(InnerSolver):
-    """Heavy ball as in ``torch.optim.SGD(momentum=m)``: ``b <- m b + g`` (``b_1 = g_1``), ``phi <- phi - lr b``."""
+    """Heavy ball as in ``torch.optim.SGD(momentum=m, nesterov=...)``: ``b <- m b + g``
+    (``b_1 = g_1``), then ``phi <- phi - lr b``, or with ``nesterov=True``
+    ``phi <- phi - lr (g + m b)``.
+
+    On a quadratic with curvature in ``[mu, L]`` the heavy ball with ``lr = 4/(sqrt(L)+sqrt(mu))^2``
+    and ``m = ((sqrt(L)-sqrt(mu))/(sqrt(L)+sqrt(mu)))^2`` contracts the error by about
+    ``1 - 2/sqrt(L/mu)`` per step, against ``1 - 2/(L/mu)`` for gradient descent: what makes a
+    strongly convex inner problem (iMAML's proximal one) solvable to stationarity in tens of steps.
+    """
 
     lr: float
     steps: int
     momentum: float = 0.9
+    nesterov: bool = False
 
     def __post_init__(self):
         check_positive("Momentum", "lr", self.lr)
         check_unit_interval("Momentum", "momentum", self.momentum)
         check_steps("Momentum", self.steps)
+        if not isinstance(self.nesterov, bool):
+            raise TypeError(f"Momentum: nesterov must be True or False, got {self.nesterov!r}.")
 
     def init(self, phi):
         return (0, tree_zeros_like(phi))
@@ -201,10 +212,11 @@ class Momentum(InnerSolver):
         t, buf = state
         g, _ = objective_grad(f, phi)
         buf = g if t == 0 else tree_axpy(self.momentum, buf, g)
-        return tree_axpy(-self.lr, buf, phi), (t + 1, buf)
+        update = tree_axpy(self.momentum, buf, g) if self.nesterov else buf
+        return tree_axpy(-self.lr, update, phi), (t + 1, buf)
 
     def torch_optimizer(self, params):
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov)
 
 
 @dataclass(frozen=True)

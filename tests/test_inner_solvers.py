@@ -32,7 +32,9 @@ def torch_optim_run(make_opt, steps):
 @pytest.mark.parametrize("solver,make_opt", [
     (GradientDescent(lr=0.05, steps=7), lambda ps: torch.optim.SGD(ps, lr=0.05)),
     (Momentum(lr=0.05, steps=7, momentum=0.8), lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8)),
-], ids=["gd", "momentum"])
+    (Momentum(lr=0.05, steps=7, momentum=0.8, nesterov=True),
+     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8, nesterov=True)),
+], ids=["gd", "momentum", "nesterov"])
 def test_steps_equal_torch_optim(solver, make_opt):
     phi, _ = run_inner(solver, quartic, start())
     expected = torch_optim_run(make_opt, solver.steps)

@@ -64,6 +64,8 @@ class TrainConfig:
     net: str | None = None  # before the settings whose sinusoid defaults depend on it
     inner_steps: int | None = None
     inner_lr: float | None = None
+    inner_momentum: float | None = None  # heavy-ball momentum of the gradient inner loop; 0: plain GD
+    inner_nesterov: bool | None = None  # Nesterov's form of that momentum
     lam: float | None = None
     lam_scale: str | None = None
     lam_effective: float | None = None  # derived by resolve(): the lambda on the computed (mean) loss
@@ -115,6 +117,7 @@ def _half_inner_steps(c: TrainConfig) -> int | None:
 # Every run, unless a more specific table says otherwise.
 DEFAULTS: dict[str, Any] = dict(
     benchmark="sinusoid", method="imaml-gd", protocol="paper",
+    inner_momentum=0.0, inner_nesterov=False,
     lam=2.0, lam_scale="sum",  # lambda = 2 learns only summed: docs/reproduction.md
     cg_steps=5, cg_damping=0.0, cg_on_negative="continue", curvature="hessian", hf_steps=5, hf_cg_steps=5,
     hf_curvature="hessian",
@@ -269,6 +272,13 @@ def resolve(config: TrainConfig) -> TrainConfig:
     _check_choice("on_solver_failure", c.on_solver_failure, ON_SOLVER_FAILURE)
     if not isinstance(c.deterministic, bool):
         raise ValueError(f"deterministic must be true or false, got {c.deterministic!r}")
+    if not isinstance(c.inner_nesterov, bool):
+        raise ValueError(f"--inner-nesterov must be true or false, got {c.inner_nesterov!r}")
+    if (not isinstance(c.inner_momentum, (int, float)) or isinstance(c.inner_momentum, bool)
+            or not 0 <= c.inner_momentum < 1):
+        raise ValueError(f"--inner-momentum must be in [0, 1), got {c.inner_momentum!r}")
+    if c.inner_nesterov and not c.inner_momentum:
+        raise ValueError("--inner-nesterov needs --inner-momentum M > 0 (Nesterov's form of that momentum)")
     if c.curvature == "gauss-newton" and (c.backend or METHODS[c.method].backend) != "implicit":
         raise ValueError("--curvature gauss-newton applies to the implicit backend (imaml-gd, imaml-hf); "
                          "leave --curvature unset or use --backend implicit")
@@ -340,7 +350,7 @@ _APPLIES = {
     "data_root": ("benchmark", "the benchmarks read from disk (omniglot, miniimagenet)", _CONV[2]),
     "protocol": ("method", "imaml-gd", lambda b, m, k: m.name == "imaml-gd"),
     "lam": _IMAML, "lam_scale": _IMAML,
-    "inner_steps": _GD, "inner_lr": _GD,
+    "inner_steps": _GD, "inner_lr": _GD, "inner_momentum": _GD, "inner_nesterov": _GD,
     "hf_steps": _NEWTON, "hf_cg_steps": _NEWTON, "hf_curvature": _NEWTON,
     "cg_steps": _CG, "cg_damping": _CG, "cg_on_negative": _CG,
     "curvature": ("backend", "the implicit backend (imaml-gd, imaml-hf)", lambda b, m, k: k == "implicit"),
@@ -437,4 +447,13 @@ def load_config(path: str | Path) -> TrainConfig:
     if data.get("benchmark") == "sinusoid" and data.get("net") is None:
         # Saved before the net was recorded (no key, or null), when every sinusoid run was ReLU.
         data["net"] = "relu"
+    for name, before in _BEFORE_RECORDED.items():
+        if data.get(name) is None:
+            data[name] = before  # saved before the field existed: the inner loop of that time
     return TrainConfig(**{k: v for k, v in data.items() if k in known})
+
+
+# Fields added after runs were saved, with the value every run had before them.
+_BEFORE_RECORDED = {"inner_momentum": 0.0, "inner_nesterov": False}
+
+

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from ..adapters import (FirstOrder, HigherUnrolled, Implicit, Reptile, TorchoptImplicit, TruncatedUnrolled,
                         Unrolled)
-from ..inner_solvers import GradientDescent, GradientDescentThenPull
+from ..inner_solvers import GradientDescent, GradientDescentThenPull, Momentum
 from ..hvp import make_ggn
 from ..linear_solve import CG
 from ..problem import BilevelProblem
@@ -120,7 +120,9 @@ def build_method(config, task_loss, outputs=None, criterion=None) -> MethodSetup
     """
     method = METHODS[config.method]
     if method.inner_solver == "gd":
-        solver = GradientDescent(lr=config.inner_lr, steps=config.inner_steps)
+        solver = (Momentum(lr=config.inner_lr, steps=config.inner_steps, momentum=config.inner_momentum,
+                           nesterov=config.inner_nesterov) if config.inner_momentum
+                  else GradientDescent(lr=config.inner_lr, steps=config.inner_steps))
     else:
         solver = NewtonCG(steps=config.hf_steps, cg_steps=config.hf_cg_steps, hvp_mode=config.hvp_mode)
     backend = BACKENDS[config.backend or method.backend](config)
