@@ -116,7 +116,7 @@ def _add_training_flags(p: argparse.ArgumentParser, with_method: bool = True) ->
                    help=f"heavy-ball momentum of the gradient inner loop, 0 for plain gradient descent "
                         f"({_d('inner_momentum')})")
     h.add_argument("--inner-nesterov", action="store_true", default=None,
-                   help="Nesterov's form of --inner-momentum (default: off)")
+                   help=f"Nesterov's form of --inner-momentum ({_d('inner_nesterov')})")
     h.add_argument("--lam", type=_positive_float, help=f"iMAML's proximal strength lambda ({_d('lam')}; the "
                    "sinusoid values chosen on validation, docs/results/sinusoid-tuning-softplus and, for relu, "
                    "docs/results/sinusoid-tuning)")
@@ -218,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tasks", type=_int_at_least(2), help=f"test tasks per method ({_d('eval_tasks')})")
     c.add_argument("--resume", action="store_true", help="keep finished runs (and their evaluations) in --out, "
                    "continue unfinished ones; their saved settings must match the flags (--iterations aside)")
+    c.add_argument("--seeds", type=_positive_int, default=1,
+                   help="training seeds per method, --seed, --seed + 1, ...; over several the table reports the "
+                   "mean over seeds with a 95%% interval over seeds, each seed's score and the paired difference "
+                   "to --reference (default: 1)")
+    c.add_argument("--reference", help="the method that the paired differences over seeds are taken against "
+                   "(default: maml when compared, else the first method)")
     c.add_argument("--jobs", type=_positive_int,
                    help="methods trained at once, one process each (default: one per core, at most one per "
                    "method; with one thread each this is faster than one method at a time, docs/performance.md)")
@@ -258,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--lam-scale", choices=LAM_SCALES, help="--lam-scale of the paper-protocol iMAML rows "
                     f"({_d('lam_scale')})")
     ta.add_argument("--jobs", type=_positive_int, default=1, help="runs trained at once (default: 1)")
+    ta.add_argument("--seeds", type=_positive_int, default=1, help="training seeds per cell; over several, each "
+                    "cell is the mean over seeds with a 95%% interval over seeds (default: 1)")
     ta.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     ta.add_argument("--data-root", help="Omniglot folder (default: $BILEVEL_DATA, else ~/.cache/bilevel)")
     ta.add_argument("--out", default="runs/reproduce/table", help="output folder; rerun to resume")
@@ -410,11 +418,13 @@ def _dispatch(args) -> int:
     out = Path(args.out or f"runs/compare-{first.benchmark}" + (f"-{first.net}" if first.net != default_net else ""))
     check_output_dir(None, "--out", out)
     _check_environment(first)  # the methods share the benchmark, data and device
-    jobs = args.jobs or max(1, min(len(configs), os.cpu_count() or 1))
-    rows = compare(configs, out, eval_tasks=args.tasks, resume=args.resume, jobs=jobs)
+    jobs = args.jobs or max(1, min(len(configs) * args.seeds, os.cpu_count() or 1))
+    rows = compare(configs, out, eval_tasks=args.tasks, resume=args.resume, jobs=jobs, seeds=args.seeds,
+                   reference=args.reference)
     print()
-    print(format_table(rows))
-    print(f"\nwritten: {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'learning_curves.png'}")
+    print(format_table(rows, args.reference))
+    written = ["compare.md", "compare.csv", "learning_curves.png"] + (["compare.json"] if args.seeds > 1 else [])
+    print("\nwritten: " + ", ".join(str(out / name) for name in written))
     return 0
 
 
@@ -454,7 +464,8 @@ def _reproduce(args) -> int:
     imaml = {k: v for k, v in dict(lam=args.lam, lam_scale=args.lam_scale).items() if v is not None}
     results = reproduce_table(args.out, settings=[s.strip() for s in args.settings.split(",") if s.strip()],
                               rows=[m.strip() for m in args.methods.split(",") if m.strip()], budget=args.budget,
-                              eval_tasks=args.tasks, imaml=imaml, common=common, jobs=args.jobs, quick=args.quick)
+                              eval_tasks=args.tasks, imaml=imaml, common=common, jobs=args.jobs, quick=args.quick,
+                              seeds=args.seeds)
     print(Path(args.out, "table.md").read_text())
     print(f"written: {args.out}/table.md, {args.out}/table.json ({len(results)} runs)")
     return 0

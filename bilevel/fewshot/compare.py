@@ -1,10 +1,17 @@
-"""Train and evaluate several methods on one benchmark, side by side.
+"""Train and evaluate several methods on one benchmark, side by side, over one or more training seeds.
 
 Each run trains and evaluates in its own fresh process (``multiprocessing``, spawned), so that
 its peak memory is its own; the process receives the run's resolved :class:`TrainConfig`
 itself, never a command line. The table (accuracy or MSE with a 95% interval, seconds per
 iteration, peak memory) is printed and written as ``compare.md`` and ``compare.csv``, with the
 learning curves in ``learning_curves.png``.
+
+With ``seeds > 1`` every method trains with seeds ``seed, seed + 1, ...`` (run folders
+``OUT/<method>/seed-<s>``) and the table reports per method the mean over seeds with a 95%
+interval over seeds, each seed's score, the paired difference to a reference method and the
+interquartile mean (:mod:`.seeds`); ``compare.csv`` holds one row per (method, seed) and one
+summary row per method, ``compare.json`` the same summaries, and the plot shows the spread over
+seeds.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -20,9 +28,10 @@ from pathlib import Path
 
 from .config import TrainConfig, inapplicable, load_config, resolve
 from .methods import METHODS
+from .seeds import SeedStats, iqm_interval, over_seeds, paired_difference
 
 __all__ = ["compare", "run_one", "run_many", "run_configs", "late_mean", "format_table", "plot_learning_curves", "write_outputs",
-           "describe_training", "describe_evaluation"]
+           "describe_training", "describe_evaluation", "seed_runs", "summarize_seeds"]
 
 
 def run_configs(runs: dict[str, dict], shared: dict) -> dict[str, TrainConfig]:
@@ -137,7 +146,8 @@ def run_one(name: str, run_dir: Path, config: TrainConfig, eval_tasks: int | Non
                                "see the message above")
     summary = json.loads((run_dir / "summary.json").read_text())
     evaluation = json.loads((run_dir / "evaluation-test.json").read_text())
-    return {**summary, "method": name, **{k: evaluation[k] for k in ("metric", "mean", "ci95", "tasks")},
+    return {**summary, "method": name, "seed": config.seed,
+            **{k: evaluation[k] for k in ("metric", "mean", "ci95", "tasks")},
             "run_dir": str(run_dir), "inner_grad_norm": late_mean(run_dir, "stats_inner_grad_norm")}
 
 
@@ -195,14 +205,75 @@ def inner_work(c: TrainConfig) -> int:
 _HVP_COST = 3  # a Hessian-vector product in gradients: an estimate, used for the order only
 
 
+def seed_runs(configs: dict[str, TrainConfig], out: Path, seeds: int = 1) -> list[tuple[str, Path, TrainConfig]]:
+    """``(method, run_dir, config)`` for every method and seed: one seed runs in ``out/<method>``
+    with the config's own seed; ``seeds > 1`` in ``out/<method>/seed-<s>`` for ``s = seed, seed + 1, ...``."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"--seeds must be a positive integer, got {seeds!r}")
+    runs = []
+    for m, config in configs.items():
+        if seeds == 1:
+            runs.append((m, out / m, config))
+            continue
+        for s in range(config.seed, config.seed + seeds):
+            runs.append((m, out / m / f"seed-{s}", dataclasses.replace(config, seed=s)))
+    return runs
+
+
 def compare(configs: dict[str, TrainConfig], out: Path, eval_tasks: int | None = None, resume: bool = False,
-            jobs: int = 1) -> list[dict]:
-    """Train and evaluate each ``{method: config}`` under ``out/<method>``; write the table, CSV and plot."""
-    runs = [(m, out / m, config) for m, config in configs.items()]
-    rows = run_many(runs, eval_tasks, resume, jobs)  # checks every config before out/ is made
+            jobs: int = 1, seeds: int = 1, reference: str | None = None) -> list[dict]:
+    """Train and evaluate each ``{method: config}`` (``seeds`` seeds each) under ``out``; write the
+    table, CSV and plot (and, over seeds, ``compare.json``). ``reference``: the method the paired
+    differences are taken against (default ``maml`` when it is compared, else the first)."""
+    if reference is not None and reference not in configs:
+        raise ValueError(f"--reference {reference} is not among the compared methods ({', '.join(configs)})")
+    rows = run_many(seed_runs(configs, out, seeds), eval_tasks, resume, jobs)  # checks every config first
     out.mkdir(parents=True, exist_ok=True)
-    write_outputs(rows, out)
+    write_outputs(rows, out, reference)
     return rows
+
+
+def _methods(rows: list[dict]) -> dict[str, list[dict]]:
+    """The rows grouped by method, in the given order, each method's seeds in order."""
+    grouped: dict[str, list[dict]] = {}
+    for r in rows:
+        grouped.setdefault(r["method"], []).append(r)
+    return {m: sorted(rs, key=lambda r: r.get("seed") or 0) for m, rs in grouped.items()}
+
+
+def _default_reference(methods) -> str:
+    return "maml" if "maml" in methods else next(iter(methods))
+
+
+def summarize_seeds(rows: list[dict], reference: str | None = None) -> list[dict]:
+    """One summary per method over its seeds: the per-seed scores, their mean with a 95% interval
+    over seeds, the paired difference to ``reference`` (over the seeds both have), the
+    interquartile mean with its bootstrap interval (``None`` without ``rliable``), and the mean
+    seconds per iteration, peak memory and inner stationarity."""
+    methods = _methods(rows)
+    reference = reference or _default_reference(methods)
+    ref_scores = {r["seed"]: r["mean"] for r in methods.get(reference, [])}
+    summaries = []
+    for m, runs in methods.items():
+        scores = [r["mean"] for r in runs]
+        shared = [r for r in runs if r["seed"] in ref_scores]
+        diff = (paired_difference([r["mean"] for r in shared], [ref_scores[r["seed"]] for r in shared])
+                if m != reference and shared else None)
+
+        def mean_of(key):
+            values = [r[key] for r in runs if r.get(key) is not None]
+            return sum(values) / len(values) if values else None
+
+        first = runs[0]
+        summaries.append({
+            "method": m, "benchmark": first.get("benchmark"), "net": first.get("net"), "ways": first.get("ways"),
+            "shots": first.get("shots"), "metric": first["metric"], "tasks": first["tasks"],
+            "iterations": first["iterations"], "seeds": [r["seed"] for r in runs], "scores": scores,
+            "over_seeds": over_seeds(scores), "reference": reference, "vs_reference": diff,
+            "iqm": iqm_interval(scores), "seconds_per_iteration": mean_of("seconds_per_iteration"),
+            "peak_memory_mb": mean_of("peak_memory_mb"), "inner_grad_norm": mean_of("inner_grad_norm"),
+        })
+    return summaries
 
 
 # Above this, the table warns that an implicit meta-gradient's inner problem was not solved: 3-5x
@@ -211,15 +282,19 @@ UNSOLVED_INNER = 0.5
 # Why, per sinusoid net, under that warning.
 _UNSOLVED_WHY = {
     "relu": " On sinusoid's ReLU net no solver gets there (the minimizer sits on a ReLU kink); with --net softplus "
-            "Newton-CG does: docs/reproduction.md, \"Sinusoid\".",
-    "softplus": " On the softplus net Newton-CG gets there (imaml-hf: 5 Newton steps at lambda 10 on the mean loss) "
-                "and 25 gradient steps do not: docs/reproduction.md, \"Sinusoid\".",
+            "Newton-CG does: docs/sinusoid.md.",
+    "softplus": " On the softplus net Newton-CG gets there (imaml-hf: 5 Newton steps at lambda 10 on the mean loss), "
+                "and so does imaml-gd's default inner loop (25 Nesterov steps, lr 0.005, momentum 0.7, lambda 10); "
+                "25 plain gradient steps do not: docs/sinusoid.md.",
 }
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[dict], reference: str | None = None) -> str:
     """The comparison as markdown, with a note under it when an iMAML row's inner problem was
-    left far from stationary (``||grad G|| > UNSOLVED_INNER``, late in training)."""
+    left far from stationary (``||grad G|| > UNSOLVED_INNER``, late in training). Rows of several
+    seeds per method give the table over seeds (:func:`format_seed_table`)."""
+    if any(len(runs) > 1 for runs in _methods(rows).values()):
+        return format_seed_table(summarize_seeds(rows, reference))
     metric = rows[0]["metric"]
     scale, unit = (100.0, " (%)") if metric == "accuracy" else (1.0, "")
     head = (f"| method | test {metric}{unit} +- 95% CI | tasks | iterations | s / iteration | peak memory (MB) | "
@@ -230,17 +305,76 @@ def format_table(rows: list[dict]) -> str:
         stationarity = "-" if r.get("inner_grad_norm") is None else f"{r['inner_grad_norm']:.3f}"
         lines.append(f"| {r['method']} | {scale * r['mean']:.2f} +- {scale * r['ci95']:.2f} | {r['tasks']} | "
                      f"{r['iterations']} | {spi} | {r['peak_memory_mb']:.0f} | {stationarity} |")
+    return "\n".join(lines + _unsolved_note(rows))
+
+
+def _unsolved_note(rows: list[dict]) -> list[str]:
+    """The lines under a table whose iMAML rows left the inner problem unsolved (none if solved)."""
     unsolved = [f"{r['method']} {r['inner_grad_norm']:.2f}" for r in rows
                 if r.get("inner_grad_norm") is not None and r["inner_grad_norm"] > UNSOLVED_INNER]
-    if unsolved:
-        # Runs summarized before the net was recorded are sinusoid's ReLU ones.
-        why = _UNSOLVED_WHY[rows[0].get("net") or "relu"] if rows[0].get("benchmark") == "sinusoid" else ""
-        lines += ["", f"Note: the implicit meta-gradient assumes the inner problem solved (||grad G|| = 0); it was "
-                  f"not ({', '.join(unsolved)}), so that meta-gradient is biased.{why}"]
-    return "\n".join(lines)
+    if not unsolved:
+        return []
+    # Runs summarized before the net was recorded are sinusoid's ReLU ones.
+    why = _UNSOLVED_WHY[rows[0].get("net") or "relu"] if rows[0].get("benchmark") == "sinusoid" else ""
+    return ["", f"Note: the implicit meta-gradient assumes the inner problem solved (||grad G|| = 0); it was "
+            f"not ({', '.join(unsolved)}), so that meta-gradient is biased.{why}"]
+
+
+def _interval(stats: SeedStats | None, scale: float) -> str:
+    if stats is None:
+        return "-"
+    if math.isnan(stats.low):
+        return f"{scale * stats.mean:.2f}"
+    return f"{scale * stats.mean:.2f} [{scale * stats.low:.2f}, {scale * stats.high:.2f}]"
+
+
+def format_seed_table(summaries: list[dict]) -> str:
+    """The comparison over seeds as markdown: per method the mean over seeds with its 95%
+    t-interval over seeds, each seed's score, the paired difference to the reference with its
+    interval, the interquartile mean with its bootstrap interval, and a line under the table
+    naming the differences whose interval excludes zero (the claims that hold over these seeds)."""
+    first = summaries[0]
+    metric, reference = first["metric"], first["reference"]
+    scale, unit = (100.0, " (%)") if metric == "accuracy" else (1.0, "")
+    n = max(len(s["scores"]) for s in summaries)
+    iqm = any(s["iqm"] is not None for s in summaries)
+    columns = (["method", f"test {metric}{unit}: mean over seeds [95% CI over seeds]", "per seed",
+                f"minus {reference}: paired mean [95% CI]"] + (["IQM [95% bootstrap CI]"] if iqm else [])
+               + ["s / iteration", "peak memory (MB)", "inner stationarity ||grad G||"])
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    for s in summaries:
+        spi = "n/a" if s["seconds_per_iteration"] is None else f"{s['seconds_per_iteration']:.3f}"
+        memory = "n/a" if s["peak_memory_mb"] is None else f"{s['peak_memory_mb']:.0f}"
+        stationarity = "-" if s["inner_grad_norm"] is None else f"{s['inner_grad_norm']:.3f}"
+        diff = "(reference)" if s["method"] == reference else _interval(s["vs_reference"], scale)
+        lines.append(f"| {s['method']} | {_interval(s['over_seeds'], scale)} | "
+                     + ", ".join(f"{scale * x:.2f}" for x in s["scores"]) + f" | {diff} |"
+                     + (f" {_interval(s['iqm'], scale)} |" if iqm else "")
+                     + f" {spi} | {memory} | {stationarity} |")
+    better = "higher" if metric == "accuracy" else "lower"
+    holds = [f"{s['method']} {'above' if s['vs_reference'].low > 0 else 'below'} {reference}" for s in summaries
+             if s["vs_reference"] is not None and n > 1 and s["vs_reference"].excludes_zero()]
+    seeds = ", ".join(str(x) for x in first["seeds"])
+    lines += ["", f"{n} training seeds ({seeds}), {first['tasks']} test tasks each, {first['iterations']} "
+              f"iterations; {better} is better. Paired differences whose 95% interval over seeds excludes 0: "
+              + (", ".join(holds) if holds else "none") + "; every other pair is within the seeds' spread."]
+    return "\n".join(lines + _unsolved_note(summaries))
+
+
+def _curves(run_dir: str, metric: str) -> tuple[list, list, list, list]:
+    """A run's train curve (moving average over 1/50 of the run) and validation points."""
+    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+    train = [x for x in records if x["split"] == "train"]
+    val = [x for x in records if x["split"] == "val"]
+    window = max(1, len(train) // 50)
+    ys = [x[metric] for x in train]
+    smooth = [sum(ys[max(0, i - window + 1): i + 1]) / len(ys[max(0, i - window + 1): i + 1]) for i in range(len(ys))]
+    return [x["iteration"] for x in train], smooth, [x["iteration"] for x in val], val
 
 
 def plot_learning_curves(rows: list[dict], out: Path, path: Path) -> None:
+    """Train (moving average) and validation curves per method; over several seeds, the mean
+    over seeds with a band from the lowest to the highest seed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,24 +382,35 @@ def plot_learning_curves(rows: list[dict], out: Path, path: Path) -> None:
 
     metric = rows[0]["metric"]
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in rows:
-        records = [json.loads(line) for line in (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines() if line]
-        train = [x for x in records if x["split"] == "train"]
-        val = [x for x in records if x["split"] == "val"]
-        window = max(1, len(train) // 50)
-        xs = [x["iteration"] for x in train]
-        ys = [x[metric] for x in train]
-        smooth = [sum(ys[max(0, i - window + 1): i + 1]) / len(ys[max(0, i - window + 1): i + 1]) for i in range(len(ys))]
-        ax_train.plot(xs, smooth, label=r["method"])
-        if val:
-            ax_val.errorbar([x["iteration"] for x in val], [x[metric] for x in val], yerr=[x["ci95"] for x in val],
-                            label=r["method"], marker="o", capsize=3)
-    for ax, title in ((ax_train, f"train {metric} (query, moving average)"), (ax_val, f"validation {metric} +- 95% CI")):
+    methods = _methods(rows)
+    several = any(len(runs) > 1 for runs in methods.values())
+    for m, runs in methods.items():
+        curves = [_curves(r["run_dir"], metric) for r in runs]
+        if not several:
+            xs, smooth, vx, val = curves[0]
+            ax_train.plot(xs, smooth, label=m)
+            if val:
+                ax_val.errorbar(vx, [x[metric] for x in val], yerr=[x["ci95"] for x in val], label=m, marker="o",
+                                capsize=3)
+            continue
+        for ax, pick in ((ax_train, lambda c: (c[0], c[1])), (ax_val, lambda c: (c[2], [x[metric] for x in c[3]]))):
+            series = [pick(c) for c in curves]
+            length = min(len(xs) for xs, _ in series)
+            if length == 0:
+                continue
+            xs = series[0][0][:length]
+            columns = list(zip(*(ys[:length] for _, ys in series)))
+            mean = [sum(c) / len(c) for c in columns]
+            (line,) = ax.plot(xs, mean, label=f"{m} (mean of {len(runs)} seeds)", marker="o" if ax is ax_val else None)
+            ax.fill_between(xs, [min(c) for c in columns], [max(c) for c in columns], color=line.get_color(), alpha=0.2)
+    band = ", band: lowest to highest seed" if several else ""
+    for ax, title in ((ax_train, f"train {metric} (query, moving average){band}"),
+                      (ax_val, f"validation {metric}" + (band if several else " +- 95% CI"))):
         ax.set_xlabel("meta-iteration")
         ax.set_ylabel(metric)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
         if metric == "mse":
             ax.set_yscale("log")
     first = rows[0]
@@ -276,13 +421,41 @@ def plot_learning_curves(rows: list[dict], out: Path, path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(rows: list[dict], out: Path) -> None:
-    table = format_table(rows)
+_CSV_FIELDS = ["method", "seed", "benchmark", "ways", "shots", "metric", "mean", "ci95", "tasks", "iterations",
+               "seconds_per_iteration", "peak_memory_mb", "memory_kind", "device", "backend", "inner_grad_norm"]
+_SUMMARY_FIELDS = ["seeds", "seeds_mean", "seeds_ci95_low", "seeds_ci95_high", "reference", "minus_reference",
+                   "minus_reference_ci95_low", "minus_reference_ci95_high", "iqm", "iqm_ci95_low", "iqm_ci95_high"]
+
+
+def _summary_row(s: dict) -> dict:
+    """A method's summary over seeds as one CSV / JSON row (``seed`` is ``all``)."""
+    stats = {"seeds_": s["over_seeds"], "minus_reference_": s["vs_reference"], "iqm_": s["iqm"]}
+    row = {"method": s["method"], "seed": "all", "metric": s["metric"], "tasks": s["tasks"],
+           "iterations": s["iterations"], "seconds_per_iteration": s["seconds_per_iteration"],
+           "peak_memory_mb": s["peak_memory_mb"], "inner_grad_norm": s["inner_grad_norm"],
+           "seeds": " ".join(str(x) for x in s["seeds"]), "reference": s["reference"],
+           "scores": s["scores"]}
+    for prefix, value in stats.items():
+        name = prefix.rstrip("_") if prefix != "seeds_" else "seeds_mean"
+        row[name] = None if value is None else value.mean
+        row[f"{prefix}ci95_low"] = None if value is None else value.low
+        row[f"{prefix}ci95_high"] = None if value is None else value.high
+    return row
+
+
+def write_outputs(rows: list[dict], out: Path, reference: str | None = None) -> None:
+    """``compare.md`` (the table), ``compare.csv`` (a row per run; over seeds also a summary row
+    per method), ``learning_curves.png`` and, over seeds, ``compare.json`` (the summaries)."""
+    table = format_table(rows, reference)
     (out / "compare.md").write_text(table + "\n")
+    several = any(len(runs) > 1 for runs in _methods(rows).values())
+    summaries = [_summary_row(s) for s in summarize_seeds(rows, reference)] if several else []
     with open(out / "compare.csv", "w", newline="") as f:
-        fields = ["method", "benchmark", "ways", "shots", "metric", "mean", "ci95", "tasks", "iterations",
-                  "seconds_per_iteration", "peak_memory_mb", "memory_kind", "device", "backend", "inner_grad_norm"]
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS + (_SUMMARY_FIELDS if several else []),
+                                extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+        writer.writerows(summaries)
+    if several:
+        (out / "compare.json").write_text(json.dumps({"summaries": summaries, "runs": rows}, indent=2) + "\n")
     plot_learning_curves(rows, out, out / "learning_curves.png")

@@ -155,8 +155,10 @@ _METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "maml": dict(inner_lr=0.01, inner_steps=_by_net(relu=10, softplus=5)),
         "fomaml": dict(inner_lr=0.02, inner_steps=_by_net(relu=5, softplus=1)),
         "reptile": dict(inner_lr=_by_net(relu=0.02, softplus=0.01), inner_steps=10),
-        "imaml-gd": dict(lam=_by_net(relu=10.0, softplus=0.5), lam_scale="mean",
-                         inner_lr=_by_net(relu=0.02, softplus=0.05), inner_steps=25),
+        # softplus: Nesterov's momentum reaches ||grad G|| 0.03 in 25 steps (plain GD: 1.8-5.4).
+        "imaml-gd": dict(lam=10.0, lam_scale="mean", inner_lr=_by_net(relu=0.02, softplus=0.005), inner_steps=25,
+                         inner_momentum=_by_net(relu=0.0, softplus=0.7),
+                         inner_nesterov=_by_net(relu=False, softplus=True)),
         # 10 Newton steps do better on validation but take the main job past 3 minutes.
         "imaml-hf": dict(lam=10.0, lam_scale="mean", hf_steps=_by_net(relu=2, softplus=5)),
     },

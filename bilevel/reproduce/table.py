@@ -4,7 +4,9 @@ For each setting (5w1s, 5w5s, 20w1s, 20w5s) and each row (maml, fomaml, reptile,
 imaml-hf, imaml-hf-gn: iMAML-HF with a Gauss-Newton meta-gradient, and imaml-gd-official: the
 released code's protocol), one training run of
 ``--budget ITERATIONSxMETA_BATCH`` and one evaluation on 600 test tasks (95%
-interval). Runs live in ``OUT/<setting>/<row>`` and resume: rerunning the command continues
+interval); with ``seeds > 1``, one run per seed in ``OUT/<setting>/<row>/seed-<s>`` and each cell
+the mean over seeds with its 95% interval over seeds (:mod:`bilevel.fewshot.seeds`). Runs live in
+``OUT/<setting>/<row>`` and resume: rerunning the command continues
 unfinished runs and reuses finished ones, so a budget too large for one sitting is reached
 over several. ``--jobs N`` trains N runs at once (for a GPU or a many-core CPU).
 
@@ -17,7 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..fewshot.compare import run_configs, run_many
+from ..fewshot.compare import run_configs, run_many, seed_runs
+from ..fewshot.seeds import over_seeds
 from .paper import SETTINGS, TABLE2
 
 __all__ = ["ROWS", "parse_budget", "reproduce_table", "format_table"]
@@ -53,7 +56,7 @@ def parse_budget(text: str) -> tuple[int, int]:
 
 def reproduce_table(out: str | Path, *, settings: list[str], rows: list[str], budget: str = PAPER_BUDGET,
                     eval_tasks: int = 600, imaml: dict | None = None, common: dict | None = None,
-                    jobs: int = 1, quick: bool = False) -> list[dict]:
+                    jobs: int = 1, quick: bool = False, seeds: int = 1) -> list[dict]:
     """Train and evaluate every (setting, row); write ``table.md`` and ``table.json``.
 
     Args:
@@ -65,6 +68,7 @@ def reproduce_table(out: str | Path, *, settings: list[str], rows: list[str], bu
         common: extra settings for every run (``data_root``, ``device``, ...); those a row does
             not use are dropped for it.
         quick: a smoke run (2 iterations of 2 tasks, 20 test tasks, 10 validation tasks).
+        seeds: training seeds per cell (``seed, seed + 1, ...`` from ``common``'s seed, default 0).
     """
     bad = [s for s in settings if s not in SETTINGS] + [r for r in rows if r not in ROWS]
     if bad or not settings or not rows:
@@ -83,37 +87,45 @@ def reproduce_table(out: str | Path, *, settings: list[str], rows: list[str], bu
                 meta_batch=meta_batch, val_every=max(1, iterations // 10), **(dict(val_tasks=10) if quick else {}),
                 **((imaml or {}) if row in _PAPER_IMAML else {}))
     configs = run_configs(own, common or {})
-    runs = [(name, out / name, config) for name, config in configs.items()]
-    results = run_many(runs, eval_tasks=eval_tasks, resume=True, jobs=jobs, quiet=True)
+    results = run_many(seed_runs(configs, out, seeds), eval_tasks=eval_tasks, resume=True, jobs=jobs, quiet=True)
     for r in results:
         r["setting"], r["row"] = r["method"].split("/")
         r["config"] = json.loads((Path(r["run_dir"]) / "config.json").read_text())
         r["paper"] = TABLE2.get(r["row"], {}).get(r["setting"])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.json").write_text(json.dumps({"budget": budget, "eval_tasks": eval_tasks, "rows": results},
-                                               indent=2) + "\n")
+    (out / "table.json").write_text(json.dumps({"budget": budget, "eval_tasks": eval_tasks, "seeds": seeds,
+                                                "rows": results}, indent=2) + "\n")
     (out / "table.md").write_text(format_table(results, budget) + "\n")
     return results
 
 
 def format_table(results: list[dict], budget: str) -> str:
-    """Markdown: one line per row, one column per setting, ``ours +- CI (paper +- CI)``."""
+    """Markdown: one line per row, one column per setting, ``ours +- CI (paper +- CI)``; over
+    several seeds ``mean [95% CI over seeds] (n seeds)``."""
     settings = list(dict.fromkeys(r["setting"] for r in results))
     rows = list(dict.fromkeys(r["row"] for r in results))
-    cell = {(r["row"], r["setting"]): r for r in results}
-    lines = [f"Omniglot test accuracy (%), 95% CI over the test tasks; ours at budget {budget} "
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        cells.setdefault((r["row"], r["setting"]), []).append(r)
+    several = any(len(v) > 1 for v in cells.values())
+    scope = "95% CI over training seeds" if several else "95% CI over the test tasks"
+    lines = [f"Omniglot test accuracy (%), {scope}; ours at budget {budget} "
              "(iterations x meta-batch), the paper's in parentheses.", "",
              "| method | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
     for row in rows:
-        cells = []
+        texts = []
         for s in settings:
-            r = cell.get((row, s))
-            if r is None:
-                cells.append("")
+            runs = cells.get((row, s))
+            if not runs:
+                texts.append("")
                 continue
-            text = f"{100 * r['mean']:.2f} +- {100 * r['ci95']:.2f}"
-            if r["paper"]:
-                text += f" ({r['paper'][0]} +- {r['paper'][1]})"
-            cells.append(text)
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+            if len(runs) > 1:
+                stats = over_seeds([r["mean"] for r in runs])
+                text = f"{100 * stats.mean:.2f} [{100 * stats.low:.2f}, {100 * stats.high:.2f}] ({len(runs)} seeds)"
+            else:
+                text = f"{100 * runs[0]['mean']:.2f} +- {100 * runs[0]['ci95']:.2f}"
+            if runs[0]["paper"]:
+                text += f" ({runs[0]['paper'][0]} +- {runs[0]['paper'][1]})"
+            texts.append(text)
+        lines.append(f"| {row} | " + " | ".join(texts) + " |")
     return "\n".join(lines)

@@ -61,6 +61,17 @@ def test_table_quick_run_beside_the_paper(tmp_path, omniglot_root):
     assert "| maml | 90.00 +- 1.00 (98.7 +- 0.4) |" in format_table(fake, "2x2")
 
 
+def test_table_over_seeds(tmp_path, omniglot_root):
+    """--seeds 2: one run per seed in OUT/<setting>/<row>/seed-<s>, the cell their mean over seeds."""
+    results = reproduce_table(tmp_path, settings=["5w1s"], rows=["fomaml"], quick=True, seeds=2,
+                              common=dict(data_root=str(omniglot_root), inner_steps=1))
+    assert sorted(r["seed"] for r in results) == [0, 1]
+    assert all((tmp_path / "5w1s" / "fomaml" / f"seed-{s}" / "evaluation-test.json").exists() for s in (0, 1))
+    fake = [{**r, "mean": m, "paper": (98.3, 0.5)} for r, m in zip(results, (0.90, 0.92))]
+    assert "| fomaml | 91.00 [78.29, 103.71] (2 seeds) (98.3 +- 0.5) |" in format_table(fake, "2x2")
+    assert json.loads((tmp_path / "table.json").read_text())["seeds"] == 2
+
+
 def test_table_gauss_newton_row_changes_only_the_meta_gradients_matrix():
     (hf, gn) = run_configs({r: dict(**ROWS[r], benchmark="omniglot") for r in ("imaml-hf", "imaml-hf-gn")},
                            {}).values()
