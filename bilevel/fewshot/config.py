@@ -158,7 +158,8 @@ _METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         # softplus: Nesterov's momentum reaches ||grad G|| 0.03 in 25 steps (plain GD: 1.8-5.4).
         "imaml-gd": dict(lam=10.0, lam_scale="mean", inner_lr=_by_net(relu=0.02, softplus=0.005), inner_steps=25,
                          inner_momentum=_by_net(relu=0.0, softplus=0.7),
-                         inner_nesterov=_by_net(relu=False, softplus=True)),
+                         inner_nesterov=Rule(lambda c: c.net == "softplus" and c.inner_momentum > 0,
+                                             "True on softplus with momentum, else False")),
         # 10 Newton steps do better on validation but take the main job past 3 minutes.
         "imaml-hf": dict(lam=10.0, lam_scale="mean", hf_steps=_by_net(relu=2, softplus=5)),
     },

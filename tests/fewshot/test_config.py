@@ -25,13 +25,32 @@ def test_resolve_fills_every_field_and_is_idempotent(settings):
     assert resolve(config) == config
 
 
+def load_config_from(data):
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from bilevel.fewshot.config import load_config
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "config.json"
+        path.write_text(json.dumps(data))
+        return resolve(load_config(path))
+
+
 def test_sinusoid_defaults_follow_the_net():
     """Each net has the settings chosen on its own validation grid (docs/results/sinusoid-tuning*)."""
     soft, relu = (resolve(TrainConfig(benchmark="sinusoid", method="imaml-hf", net=n)) for n in (None, "relu"))
     assert (soft.net, soft.lam, soft.hf_steps) == ("softplus", 10.0, 5)
     assert (relu.net, relu.lam, relu.hf_steps) == ("relu", 10.0, 2)
     gd = resolve(TrainConfig(benchmark="sinusoid", method="imaml-gd"))
-    assert (gd.lam, gd.inner_lr) == (0.5, 0.05)
+    assert (gd.lam, gd.inner_lr, gd.inner_momentum, gd.inner_nesterov) == (10.0, 0.005, 0.7, True)
+    relu_gd = resolve(TrainConfig(benchmark="sinusoid", method="imaml-gd", net="relu"))
+    assert (relu_gd.lam, relu_gd.inner_lr, relu_gd.inner_momentum, relu_gd.inner_nesterov) == (10.0, 0.02, 0.0, False)
+    plain = resolve(TrainConfig(benchmark="sinusoid", method="imaml-gd", inner_momentum=0.0))
+    assert not plain.inner_nesterov  # asking for plain gradient descent turns Nesterov's default off
+    old = load_config_from({"benchmark": "sinusoid", "method": "imaml-gd", "net": "softplus"})
+    assert (old.inner_momentum, old.inner_nesterov) == (0.0, False)  # saved before momentum existed
     maml = [resolve(TrainConfig(benchmark="sinusoid", method="maml", net=n)) for n in ("softplus", "relu")]
     assert [(c.inner_lr, c.inner_steps) for c in maml] == [(0.01, 5), (0.01, 10)]
 

@@ -25,6 +25,8 @@ def setting():
 def ours(method, setting, **overrides):
     bench, model, theta, support, query = setting
     overrides = {"lam_scale": "mean", **overrides} if overrides.get("protocol") != "official" else overrides
+    if method != "imaml-hf":
+        overrides = {"inner_momentum": 0.0, **overrides}  # plain GD, as the independent loops below
     config = resolve(TrainConfig(benchmark="sinusoid", method=method, shots=5, queries=5, inner_lr=LR,
                                  inner_steps=STEPS, lam=LAM, **overrides))
     method = build_method(config, bench.task_loss(model))
