@@ -148,8 +148,8 @@ def _add_training_flags(p: argparse.ArgumentParser, with_method: bool = True) ->
                    help="CUDA memory one meta-step may add (MB): the largest vmap chunk that fits, measured on a "
                    f"validation meta-batch before training; not with --chunk-size, CUDA only ({_d('memory_budget_mb')})")
     h.add_argument("--hvp-mode", choices=HVP_MODES,
-                   help="Hessian-vector products of the implicit backend and Newton-CG (reverse-over-reverse is "
-                   f"3x faster than forward-over-reverse on a CPU here) ({_d('hvp_mode')})")
+                   help="Hessian-vector products of the implicit backend and Newton-CG (reverse-over-reverse also "
+                   f"covers ops without forward-mode rules) ({_d('hvp_mode')})")
     h.add_argument("--vectorize", choices=VECTORIZE,
                    help="one vmap over the meta-batch (on) or a loop over tasks (off); auto: vmap, except a "
                    f"loop for conv nets on a CPU, where it is faster ({_d('vectorize')})")

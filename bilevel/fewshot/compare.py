@@ -284,7 +284,7 @@ _UNSOLVED_WHY = {
     "relu": " On sinusoid's ReLU net no solver gets there (the minimizer sits on a ReLU kink); with --net softplus "
             "Newton-CG does: docs/sinusoid.md.",
     "softplus": " On the softplus net Newton-CG gets there (imaml-hf: 5 Newton steps at lambda 10 on the mean loss), "
-                "and so does imaml-gd's default inner loop (25 Nesterov steps, lr 0.005, momentum 0.7, lambda 10); "
+                "and so does imaml-gd's default inner loop (25 heavy-ball steps, lr 0.005, momentum 0.6, lambda 10); "
                 "25 plain gradient steps do not: docs/sinusoid.md.",
 }
 

@@ -1,4 +1,4 @@
-"""The iMAML paper's reported numbers (Rajeswaran et al. 2019, Table 2; shared/PAPER.md section 5).
+"""The iMAML paper's reported numbers (Rajeswaran et al., NeurIPS 2019, Table 2; docs/reproduction.md, "The paper's numbers").
 
 Omniglot test accuracy (%) and 95% interval. MAML and first-order MAML are Finn et al.'s
 numbers, Reptile Nichol et al.'s (transductive), as the paper copied them.

@@ -95,7 +95,7 @@ def test_compare_table_warns_when_an_inner_problem_is_left_unsolved():
     assert "ReLU" not in table  # the sinusoid explanation only under a sinusoid table
     sinusoid = {**row, "benchmark": "sinusoid", "inner_grad_norm": 4.55}
     assert "ReLU kink" in format_table([sinusoid]) and "ReLU kink" in format_table([{**sinusoid, "net": "relu"}])
-    assert "5 Newton steps" in format_table([{**sinusoid, "net": "softplus"}]) and "Nesterov" in format_table([{**sinusoid, "net": "softplus"}])
+    assert "5 Newton steps" in format_table([{**sinusoid, "net": "softplus"}]) and "heavy-ball" in format_table([{**sinusoid, "net": "softplus"}])
 
 
 def test_compare_starts_the_longest_run_first():

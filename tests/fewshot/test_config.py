@@ -44,11 +44,11 @@ def test_sinusoid_defaults_follow_the_net():
     assert (soft.net, soft.lam, soft.hf_steps) == ("softplus", 10.0, 5)
     assert (relu.net, relu.lam, relu.hf_steps) == ("relu", 10.0, 2)
     gd = resolve(TrainConfig(benchmark="sinusoid", method="imaml-gd"))
-    assert (gd.lam, gd.inner_lr, gd.inner_momentum, gd.inner_nesterov) == (10.0, 0.005, 0.7, True)
+    assert (gd.lam, gd.inner_lr, gd.inner_momentum, gd.inner_nesterov) == (10.0, 0.005, 0.6, False)
     relu_gd = resolve(TrainConfig(benchmark="sinusoid", method="imaml-gd", net="relu"))
     assert (relu_gd.lam, relu_gd.inner_lr, relu_gd.inner_momentum, relu_gd.inner_nesterov) == (10.0, 0.02, 0.0, False)
-    plain = resolve(TrainConfig(benchmark="sinusoid", method="imaml-gd", inner_momentum=0.0))
-    assert not plain.inner_nesterov  # asking for plain gradient descent turns Nesterov's default off
+    nesterov = resolve(TrainConfig(benchmark="sinusoid", method="imaml-gd", inner_nesterov=True))
+    assert (nesterov.inner_momentum, nesterov.inner_nesterov) == (0.6, True)
     old = load_config_from({"benchmark": "sinusoid", "method": "imaml-gd", "net": "softplus"})
     assert (old.inner_momentum, old.inner_nesterov) == (0.0, False)  # saved before momentum existed
     maml = [resolve(TrainConfig(benchmark="sinusoid", method="maml", net=n)) for n in ("softplus", "relu")]
