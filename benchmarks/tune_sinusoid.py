@@ -22,43 +22,48 @@ The softplus runs are named ``softplus-...``, the ReLU ones have no prefix.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 from pathlib import Path
 
 from bilevel import NonFiniteError
-from bilevel.fewshot import TrainConfig, train
+from bilevel.fewshot import TrainConfig, resolve, train
+from bilevel.fewshot.config import load_config
 from bilevel.fewshot.benchmarks import SinusoidBenchmark
 from bilevel.fewshot.compare import UNSOLVED_INNER, late_mean
 from bilevel.fewshot.models import SINUSOID_NETS
 from bilevel.fewshot.seeds import over_seeds
 
 GRID = {
-    "maml": dict(inner_lr=[0.01, 0.02, 0.05], inner_steps=[1, 5, 10]),
+    # Every grid states the outer learning rate: the method tables' defaults (1e-2 for some since the
+    # outer grids) must not leak into a point (a run is reused only if its config matches, below).
+    "maml": dict(inner_lr=[0.01, 0.02, 0.05], inner_steps=[1, 5, 10], outer_lr=[0.001]),
     # Re-tuned over 3 seeds on softplus with a wider grid (the 3-seed main job's first choice, 1 step of
     # lr 0.02, averaged 3.15 test MSE); docs/results/sinusoid-tuning (ReLU) used lr {0.01, 0.02, 0.05}.
-    # The outer learning rate too: at Adam's 1e-3 every point ends between 2.9 and 3.1 on validation.
-    "fomaml": [dict(inner_lr=[0.005, 0.01, 0.02], inner_steps=[1, 5, 10, 20]),
+    # The outer learning rate too: at Adam's 1e-3 every point ends between 2.9 and 3.4 on validation.
+    "fomaml": [dict(inner_lr=[0.005, 0.01, 0.02], inner_steps=[1, 5, 10, 20], outer_lr=[0.001]),
                dict(inner_lr=[0.01], inner_steps=[1, 5, 10], outer_lr=[0.003, 0.01])],
-    "reptile": dict(inner_lr=[0.01, 0.02, 0.05], inner_steps=[1, 5, 10]),
+    "reptile": dict(inner_lr=[0.01, 0.02, 0.05], inner_steps=[1, 5, 10], outer_lr=[0.001]),
     # iMAML's inner problem is solved, not just stepped: more steps, and lambda on the mean loss.
     # A list of grids is their union: plain gradient descent, then the heavy ball and Nesterov's
     # momentum, which reach stationarity in the same 25 steps at lambda 10 (stationarity.txt).
     "imaml-gd": [dict(lam=[0.5, 2.0, 10.0], inner_lr=[0.02, 0.05], inner_steps=[25], curvature=["hessian"],
-                      inner_momentum=[0.0]),
+                      inner_momentum=[0.0], outer_lr=[0.001]),
                  dict(lam=[2.0, 10.0], inner_lr=[0.005, 0.01], inner_steps=[25], inner_momentum=[0.5],
-                      inner_nesterov=[False]),
+                      inner_nesterov=[False], outer_lr=[0.001]),
                  dict(lam=[2.0, 10.0], inner_lr=[0.005, 0.01], inner_steps=[25], inner_momentum=[0.7],
-                      inner_nesterov=[True]),
+                      inner_nesterov=[True], outer_lr=[0.001]),
                  # Added after a 3-seed main job: Nesterov at lr 0.005 left seeds 1 and 2 unsolved late in
                  # training (||grad G|| 2-3) as the meta-learned net sharpened; the heavy ball's stable
                  # step range is wider (lr * h < 2 (1 + m) against 2 (1 + m) / (1 + 2 m)).
                  dict(lam=[10.0], inner_lr=[0.005, 0.006], inner_steps=[25], inner_momentum=[0.6],
-                      inner_nesterov=[False]),
-                 dict(lam=[10.0], inner_lr=[0.004], inner_steps=[25], inner_momentum=[0.7], inner_nesterov=[True])],
+                      inner_nesterov=[False], outer_lr=[0.001]),
+                 dict(lam=[10.0], inner_lr=[0.004], inner_steps=[25], inner_momentum=[0.7], inner_nesterov=[True],
+                      outer_lr=[0.001])],
     "imaml-gd-ggn": dict(lam=[0.5, 2.0, 10.0], inner_lr=[0.02], inner_steps=[25], curvature=["gauss-newton"],
-                         inner_momentum=[0.0]),
-    "imaml-hf": dict(lam=[0.5, 2.0, 10.0], hf_steps=[2, 5, 10]),
+                         inner_momentum=[0.0], outer_lr=[0.001]),
+    "imaml-hf": dict(lam=[0.5, 2.0, 10.0], hf_steps=[2, 5, 10], outer_lr=[0.001]),
     # The outer (Adam) learning rate at each method's chosen inner point, over 3 seeds: FOMAML's grid
     # found 1e-3 far too small for 500 iterations (validation 0.79 at 0.01 against 2.9-3.1 at 1e-3),
     # so every method gets the same three rates.
@@ -109,13 +114,19 @@ def train_seed(args, method: str, point: dict, seed: int) -> dict:
     interval, training seconds and late inner stationarity, or ``{"diverged": message}``."""
     name = run_name(args.net, method, point) + (f"-seed{seed}" if seed else "")  # seed 0 keeps the old names
     run_dir = Path("runs/sinusoid-tuning-runs") / name
-    if (run_dir / "summary.json").exists():  # finished earlier: reuse it
+    config = resolve(TrainConfig(benchmark="sinusoid", method=method_of(method), lam_scale="mean",
+                                 iterations=args.iterations, net=args.net, val_every=args.iterations, seed=seed,
+                                 **point))
+    if (run_dir / "summary.json").exists():  # finished earlier: reuse it, if it ran this very point
+        saved = resolve(load_config(run_dir / "config.json"))
+        differ = [f.name for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(config, f.name)]
+        if differ:
+            raise SystemExit(f"tune_sinusoid: {run_dir} was trained with other settings ({', '.join(differ)}); "
+                             "move it away to rerun this point")
         summary = json.loads((run_dir / "summary.json").read_text())
     else:
         try:
-            summary = train(TrainConfig(benchmark="sinusoid", method=method_of(method), lam_scale="mean",
-                                        iterations=args.iterations, net=args.net, val_every=args.iterations,
-                                        seed=seed, **point), run_dir, progress=False)
+            summary = train(config, run_dir, progress=False)
         except NonFiniteError as exc:  # the inner loop diverged: this point is out
             return {"diverged": str(exc)}
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -153,7 +164,8 @@ def main():
     parser.add_argument("--methods", default=",".join(GRID))
     parser.add_argument("--net", default=SinusoidBenchmark.default_net, choices=SINUSOID_NETS,
                         help="the regressor's activation (default: %(default)s, the main job's)")
-    parser.add_argument("--seeds", type=int, default=1,
+    parser.add_argument("--seeds", type=lambda t: max(1, int(t)) if int(t) >= 1 else parser.error(
+                            f"--seeds must be a positive integer, got {t}"), default=1,
                         help="training seeds per point (default: 1); an iMAML point trains seeds after the first "
                              "only if the first left its inner problem solved, and counts as solved only if every "
                              "seed did")
@@ -184,6 +196,8 @@ def main():
         if not eligible:
             print(f"{method}: no point within the budget converged (stationary, not diverged); none chosen",
                   flush=True)
+            results[method] = {"grid": GRID[method], "runs": runs, "best": best, "chosen": None}
+            (out / "tuning.json").write_text(json.dumps(results, indent=2) + "\n")
             continue
         best_eligible = min(eligible, key=lambda r: r["val_mse"])
         close = [r for r in eligible if r["val_mse"] <= best_eligible["val_mse"] + best_eligible["val_ci95"]]

@@ -225,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reference", help="the method that the paired differences over seeds are taken against "
                    "(default: maml when compared, else the first method)")
     c.add_argument("--jobs", type=_positive_int,
-                   help="methods trained at once, one process each (default: one per core, at most one per "
-                   "method; with one thread each this is faster than one method at a time, docs/performance.md)")
+                   help="runs (method x seed) trained at once, one process each (default: one per core, at most "
+                   "one per run; with one thread each this is faster than one method at a time, docs/performance.md)")
 
     r = sub.add_parser("reproduce", help="regenerate the iMAML paper's figures and table",
                        description="Regenerate the iMAML paper's comparisons (docs/reproduction.md).")
@@ -419,6 +419,8 @@ def _dispatch(args) -> int:
     check_output_dir(None, "--out", out)
     _check_environment(first)  # the methods share the benchmark, data and device
     jobs = args.jobs or max(1, min(len(configs) * args.seeds, os.cpu_count() or 1))
+    if args.reference is not None and args.seeds < 2:
+        raise ValueError("--reference sets the method of the paired differences over seeds; it needs --seeds N >= 2")
     rows = compare(configs, out, eval_tasks=args.tasks, resume=args.resume, jobs=jobs, seeds=args.seeds,
                    reference=args.reference)
     print()

@@ -204,6 +204,8 @@ class Momentum(InnerSolver):
         check_steps("Momentum", self.steps)
         if not isinstance(self.nesterov, bool):
             raise TypeError(f"Momentum: nesterov must be True or False, got {self.nesterov!r}.")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("Momentum: nesterov=True needs momentum > 0 (with momentum 0 it is plain gradient descent).")
 
     def init(self, phi):
         return (0, tree_zeros_like(phi))

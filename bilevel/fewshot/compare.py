@@ -247,31 +247,45 @@ def _default_reference(methods) -> str:
 
 def summarize_seeds(rows: list[dict], reference: str | None = None) -> list[dict]:
     """One summary per method over its seeds: the per-seed scores, their mean with a 95% interval
-    over seeds, the paired difference to ``reference`` (over the seeds both have), the
-    interquartile mean with its bootstrap interval (``None`` without ``rliable``), and the mean
-    seconds per iteration, peak memory and inner stationarity."""
+    over seeds, the paired difference to ``reference`` over the seeds both have (``None`` when
+    they share fewer than 2, with ``paired_seeds`` saying how many they share), the interquartile
+    mean with its bootstrap interval (``None`` without ``rliable`` or below 4 seeds), the mean
+    seconds per iteration and peak memory, and the inner stationarity of the worst seed (the
+    largest ``||grad G||``: one unsolved seed is enough for the table to warn).
+
+    Raises ``ValueError`` when ``reference`` is not among the methods, or a (method, seed) occurs twice.
+    """
     methods = _methods(rows)
+    for m, runs in methods.items():
+        seeds = [r.get("seed") for r in runs]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{m}: seed {sorted(s for s in seeds if seeds.count(s) > 1)[0]} occurs twice; "
+                             "give each (method, seed) one run")
+    if reference is not None and reference not in methods:
+        raise ValueError(f"reference {reference!r} is not among the methods ({', '.join(methods)})")
     reference = reference or _default_reference(methods)
-    ref_scores = {r["seed"]: r["mean"] for r in methods.get(reference, [])}
+    ref_scores = {r["seed"]: r["mean"] for r in methods[reference]}
     summaries = []
     for m, runs in methods.items():
         scores = [r["mean"] for r in runs]
         shared = [r for r in runs if r["seed"] in ref_scores]
         diff = (paired_difference([r["mean"] for r in shared], [ref_scores[r["seed"]] for r in shared])
-                if m != reference and shared else None)
+                if m != reference and len(shared) >= 2 else None)
 
         def mean_of(key):
             values = [r[key] for r in runs if r.get(key) is not None]
             return sum(values) / len(values) if values else None
 
+        norms = [r["inner_grad_norm"] for r in runs if r.get("inner_grad_norm") is not None]
         first = runs[0]
         summaries.append({
             "method": m, "benchmark": first.get("benchmark"), "net": first.get("net"), "ways": first.get("ways"),
-            "shots": first.get("shots"), "metric": first["metric"], "tasks": first["tasks"],
-            "iterations": first["iterations"], "seeds": [r["seed"] for r in runs], "scores": scores,
-            "over_seeds": over_seeds(scores), "reference": reference, "vs_reference": diff,
+            "shots": first.get("shots"), "backend": first.get("backend"), "metric": first["metric"],
+            "tasks": first["tasks"], "iterations": first["iterations"], "seeds": [r["seed"] for r in runs],
+            "scores": scores, "over_seeds": over_seeds(scores), "reference": reference, "vs_reference": diff,
+            "paired_seeds": len(shared) if m != reference else None,
             "iqm": iqm_interval(scores), "seconds_per_iteration": mean_of("seconds_per_iteration"),
-            "peak_memory_mb": mean_of("peak_memory_mb"), "inner_grad_norm": mean_of("inner_grad_norm"),
+            "peak_memory_mb": mean_of("peak_memory_mb"), "inner_grad_norm": max(norms) if norms else None,
         })
     return summaries
 
@@ -340,7 +354,7 @@ def format_seed_table(summaries: list[dict]) -> str:
     iqm = any(s["iqm"] is not None for s in summaries)
     columns = (["method", f"test {metric}{unit}: mean over seeds [95% CI over seeds]", "per seed",
                 f"minus {reference}: paired mean [95% CI]"] + (["IQM [95% bootstrap CI]"] if iqm else [])
-               + ["s / iteration", "peak memory (MB)", "inner stationarity ||grad G||"])
+               + ["s / iteration", "peak memory (MB)", "inner stationarity ||grad G|| (worst seed)"])
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for s in summaries:
         spi = "n/a" if s["seconds_per_iteration"] is None else f"{s['seconds_per_iteration']:.3f}"
@@ -354,10 +368,12 @@ def format_seed_table(summaries: list[dict]) -> str:
     better = "higher" if metric == "accuracy" else "lower"
     holds = [f"{s['method']} {'above' if s['vs_reference'].low > 0 else 'below'} {reference}" for s in summaries
              if s["vs_reference"] is not None and n > 1 and s["vs_reference"].excludes_zero()]
+    unpaired = [s["method"] for s in summaries if s["method"] != reference and s["vs_reference"] is None]
     seeds = ", ".join(str(x) for x in first["seeds"])
     lines += ["", f"{n} training seeds ({seeds}), {first['tasks']} test tasks each, {first['iterations']} "
               f"iterations; {better} is better. Paired differences whose 95% interval over seeds excludes 0: "
-              + (", ".join(holds) if holds else "none") + "; every other pair is within the seeds' spread."]
+              + (", ".join(holds) if holds else "none") + "; every other compared pair is within the seeds' spread."
+              + (f" Not compared (fewer than 2 seeds shared with {reference}): {', '.join(unpaired)}." if unpaired else "")]
     return "\n".join(lines + _unsolved_note(summaries))
 
 
@@ -430,17 +446,31 @@ _SUMMARY_FIELDS = ["seeds", "seeds_mean", "seeds_ci95_low", "seeds_ci95_high", "
 def _summary_row(s: dict) -> dict:
     """A method's summary over seeds as one CSV / JSON row (``seed`` is ``all``)."""
     stats = {"seeds_": s["over_seeds"], "minus_reference_": s["vs_reference"], "iqm_": s["iqm"]}
-    row = {"method": s["method"], "seed": "all", "metric": s["metric"], "tasks": s["tasks"],
+    row = {"method": s["method"], "seed": "all", **{k: s[k] for k in ("benchmark", "ways", "shots", "backend")},
+           "metric": s["metric"], "tasks": s["tasks"],
            "iterations": s["iterations"], "seconds_per_iteration": s["seconds_per_iteration"],
            "peak_memory_mb": s["peak_memory_mb"], "inner_grad_norm": s["inner_grad_norm"],
-           "seeds": " ".join(str(x) for x in s["seeds"]), "reference": s["reference"],
+           "seeds": list(s["seeds"]), "reference": s["reference"], "paired_seeds": s["paired_seeds"],
            "scores": s["scores"]}
     for prefix, value in stats.items():
         name = prefix.rstrip("_") if prefix != "seeds_" else "seeds_mean"
-        row[name] = None if value is None else value.mean
-        row[f"{prefix}ci95_low"] = None if value is None else value.low
-        row[f"{prefix}ci95_high"] = None if value is None else value.high
+        row[name] = None if value is None else _finite_or_none(value.mean)
+        row[f"{prefix}ci95_low"] = None if value is None else _finite_or_none(value.low)
+        row[f"{prefix}ci95_high"] = None if value is None else _finite_or_none(value.high)
     return row
+
+
+def _finite_or_none(x: float) -> float | None:
+    """JSON has no NaN: an undefined interval (one seed) is written as null."""
+    return x if math.isfinite(x) else None
+
+
+def _relative(run_dir: str, out: Path) -> str:
+    """A run folder as written in ``compare.json``: relative to ``out`` when inside it."""
+    try:
+        return str(Path(run_dir).resolve().relative_to(Path(out).resolve()))
+    except ValueError:
+        return str(run_dir)
 
 
 def write_outputs(rows: list[dict], out: Path, reference: str | None = None) -> None:
@@ -455,7 +485,8 @@ def write_outputs(rows: list[dict], out: Path, reference: str | None = None) -> 
                                 extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        writer.writerows(summaries)
+        writer.writerows({**r, "seeds": " ".join(str(x) for x in r["seeds"])} for r in summaries)
     if several:
-        (out / "compare.json").write_text(json.dumps({"summaries": summaries, "runs": rows}, indent=2) + "\n")
+        runs = [{**r, "run_dir": _relative(r["run_dir"], out)} for r in rows]
+        (out / "compare.json").write_text(json.dumps({"summaries": summaries, "runs": runs}, indent=2) + "\n")
     plot_learning_curves(rows, out, out / "learning_curves.png")

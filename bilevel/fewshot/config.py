@@ -160,7 +160,7 @@ _METHOD_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "reptile": dict(inner_lr=_by_net(relu=0.02, softplus=0.01), inner_steps=10,
                         outer_lr=_by_net(relu=1e-3, softplus=1e-2)),
         # softplus: the heavy ball reaches ||grad G|| 0.04-0.05 in 25 steps in every one of 3 tuning
-        # seeds (plain GD: 1.8-5.4; Nesterov at lr 0.005 lost stationarity late in one seed).
+        # seeds (plain GD: 0.8-46; Nesterov at lr 0.005 lost stationarity late in one seed).
         "imaml-gd": dict(lam=10.0, lam_scale="mean", inner_lr=_by_net(relu=0.02, softplus=0.005), inner_steps=25,
                          inner_momentum=_by_net(relu=0.0, softplus=0.6)),
         # 10 Newton steps do better on validation but take the main job past 3 minutes.
@@ -255,6 +255,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if c.lam_scale not in (None, "mean"):
             raise ValueError("--protocol official uses lambda on the mean support loss, as the released code; "
                              "leave --lam-scale unset")
+        if c.inner_momentum or c.inner_nesterov:
+            raise ValueError("--protocol official is the released code's plain gradient-descent inner loop; leave "
+                             "--inner-momentum and --inner-nesterov unset")
     if c.benchmark == "sinusoid" and c.ways not in (None, 1):
         raise ValueError("--ways does not apply to sinusoid regression (it has one output); leave it unset")
     if c.net is not None and c.net not in BENCHMARKS[c.benchmark].nets:

@@ -14,7 +14,7 @@ over seeds. For ``n`` seeds with per-seed scores ``x_1..x_n`` this module report
   seeds' effects are shared;
 * the interquartile mean and its stratified-bootstrap 95% interval (``rliable``, Agarwal et al.,
   NeurIPS 2021), the field's convention for few-run comparisons, when ``rliable`` is installed
-  (``pip install 'bilevel[stats]'``).
+  (``pip install 'bilevel[stats]'``) and there are at least 4 seeds (with 3 it is the mean).
 
 With one seed the intervals over seeds are undefined (``nan``): nothing is claimed.
 """
@@ -113,14 +113,14 @@ def rliable_available() -> bool:
 
 def iqm_interval(values, reps: int = 2000, seed: int = 0) -> SeedStats | None:
     """The interquartile mean over seeds and its stratified-bootstrap 95% interval by ``rliable``
-    (``None`` when ``rliable`` is not installed, or for fewer than 3 seeds, where the bootstrap
-    has nothing to resample).
+    (``None`` when ``rliable`` is not installed, or for fewer than 4 seeds: rliable trims
+    ``int(0.25 n)`` runs from each end, none below 4, so the IQM of 3 seeds is their mean).
 
     The score matrix is ``(seeds, 1)``: one benchmark, so the stratified bootstrap resamples the
     seeds; ``seed`` fixes the bootstrap's random state, so the table is reproducible.
     """
     values = _check(values, "iqm_interval")
-    if len(values) < 3 or not rliable_available():
+    if len(values) < 4 or not rliable_available():
         return None
     import numpy as np
     from rliable import library as rly

@@ -55,6 +55,27 @@ def test_sinusoid_defaults_follow_the_net():
     assert [(c.inner_lr, c.inner_steps) for c in maml] == [(0.01, 5), (0.01, 10)]
 
 
+def test_inner_momentum_builds_the_heavy_ball_or_nesterov():
+    from bilevel import GradientDescent, Momentum
+    from bilevel.fewshot.methods import build_method
+
+    def solver(**settings):
+        config = resolve(TrainConfig(benchmark="sinusoid", method="imaml-gd", **settings))
+        return build_method(config, lambda params, batch: 0.0).problem.inner_solver
+
+    assert solver() == Momentum(lr=0.005, steps=25, momentum=0.6)  # the softplus default
+    assert solver(inner_nesterov=True) == Momentum(lr=0.005, steps=25, momentum=0.6, nesterov=True)
+    assert isinstance(solver(inner_momentum=0.0), GradientDescent)
+    with pytest.raises(ValueError, match="--inner-nesterov needs --inner-momentum"):
+        resolve(TrainConfig(benchmark="sinusoid", method="imaml-gd", inner_momentum=0.0, inner_nesterov=True))
+    with pytest.raises(ValueError, match=r"--inner-momentum must be in \[0, 1\)"):
+        resolve(TrainConfig(benchmark="sinusoid", method="imaml-gd", inner_momentum=1.0))
+    with pytest.raises(ValueError, match="--protocol official is the released code's plain gradient-descent"):
+        resolve(TrainConfig(benchmark="omniglot", method="imaml-gd", protocol="official", inner_momentum=0.5))
+    with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
+        Momentum(lr=0.1, steps=2, momentum=0.0, nesterov=True)
+
+
 def test_rules_and_tables():
     assert resolve(TrainConfig(benchmark="omniglot", ways=5)).inner_steps == 16
     assert resolve(TrainConfig(benchmark="omniglot", ways=20)).inner_steps == 25

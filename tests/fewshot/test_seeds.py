@@ -29,7 +29,7 @@ def test_paired_difference_is_the_interval_of_the_differences():
     a, b = [1.6, 1.72, 1.41], [1.2, 1.5, 1.3]
     d, direct = paired_difference(a, b), over_seeds([x - y for x, y in zip(a, b)])
     assert (d.mean, d.low, d.high) == pytest.approx((direct.mean, direct.low, direct.high), abs=1e-12)
-    assert d.excludes_zero() == (d.low > 0)
+    assert d.low < 0 < d.high and not d.excludes_zero()  # a above b in every seed (0.11-0.40): 3 seeds cannot tell
     # A shift shared by every seed cancels in the pairing, not in the separate intervals.
     shared = paired_difference([x + 0.1 for x in b], b)
     assert shared.low == shared.high == pytest.approx(0.1) and shared.excludes_zero()
@@ -51,7 +51,7 @@ def test_iqm_is_rliables_and_reproducible():
     assert first == again  # the bootstrap's random state is fixed
     assert first.mean == pytest.approx((1.0 + 1.1) / 2)  # the middle half of 4 seeds
     assert min(values) <= first.low <= first.mean <= first.high <= max(values)
-    assert iqm_interval([1.0, 2.0]) is None  # too few seeds to resample
+    assert iqm_interval([1.0, 2.0, 3.0]) is None  # rliable trims no run below 4: the IQM would be the mean
 
 
 def test_seed_runs_name_one_folder_per_method_and_seed(tmp_path):
@@ -81,6 +81,28 @@ def test_seed_table_states_only_differences_that_hold():
     assert summaries["fomaml"]["vs_reference"] is None and summaries["maml"]["reference"] == "fomaml"
 
 
+def test_pairs_are_matched_by_seed_not_by_position():
+    rows = ([_row("maml", s, m) for s, m in [(2, 3.0), (0, 1.0), (1, 2.0)]]  # given out of order
+            + [_row("reptile", s, m) for s, m in [(0, 1.5), (1, 2.5), (2, 3.5)]]
+            + [_row("fomaml", s, m) for s, m in [(0, 9.0), (7, 9.0)]])  # shares only seed 0 with maml
+    summaries = {s["method"]: s for s in summarize_seeds(rows)}
+    d = summaries["reptile"]["vs_reference"]
+    assert d.low == d.high == pytest.approx(0.5)  # +0.5 in every seed, once paired by seed
+    assert summaries["fomaml"]["vs_reference"] is None and summaries["fomaml"]["paired_seeds"] == 1
+    assert "Not compared (fewer than 2 seeds shared with maml): fomaml." in format_table(rows)
+    with pytest.raises(ValueError, match="reference 'imaml-gd' is not among the methods"):
+        summarize_seeds(rows, reference="imaml-gd")
+    with pytest.raises(ValueError, match="maml: seed 0 occurs twice"):
+        summarize_seeds(rows + [_row("maml", 0, 1.0)])
+
+
+def test_the_worst_seed_decides_the_unsolved_warning():
+    rows = [{**_row("imaml-gd", s, 1.0), "inner_grad_norm": g} for s, g in enumerate([0.05, 0.05, 1.3])]
+    rows += [_row("maml", s, 1.0) for s in range(3)]
+    table = format_table(rows)
+    assert "| 1.300 |" in table and "it was not (imaml-gd 1.30)" in table  # the mean, 0.47, would hide it
+
+
 def test_compare_over_seeds_writes_per_seed_and_summary_rows(tmp_path, capfd):
     out = tmp_path / "cmp"
     assert main(["compare", "--benchmark", "sinusoid", "--methods", "maml,fomaml", "--seeds", "2", "--iterations", "3",
@@ -100,5 +122,9 @@ def test_compare_over_seeds_writes_per_seed_and_summary_rows(tmp_path, capfd):
     assert fomaml["minus_reference"] == pytest.approx(
         sum(f - m for f, m in zip(fomaml["scores"], maml["scores"])) / 2)
     assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert main(["compare", "--methods", "maml,fomaml", "--reference", "reptile", "--out", str(tmp_path / "x")]) == 2
+    assert fomaml["seeds"] == [0, 1] and not saved["runs"][0]["run_dir"].startswith("/")
+    assert main(["compare", "--methods", "maml,fomaml", "--seeds", "2", "--reference", "reptile",
+                 "--out", str(tmp_path / "x")]) == 2
     assert "--reference reptile is not among the compared methods" in capfd.readouterr().err
+    assert main(["compare", "--methods", "maml,fomaml", "--reference", "maml", "--out", str(tmp_path / "y")]) == 2
+    assert "it needs --seeds N >= 2" in capfd.readouterr().err
