@@ -21,7 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
-from bilevel.fewshot.compare import run_one, write_outputs
+from bilevel.fewshot.compare import finished, run_one, write_outputs
 from bilevel.fewshot.config import load_config, resolve
 from bilevel.fewshot.seeds import over_seeds
 
@@ -67,10 +67,7 @@ def main():
     rows = []
     for run_dir in args.runs:
         config = resolve(load_config(run_dir / "config.json"))
-        summary, evaluation = run_dir / "summary.json", run_dir / "evaluation-test.json"
-        done = (summary.exists() and json.loads(summary.read_text())["iterations"] == config.iterations
-                and evaluation.exists() and json.loads(evaluation.read_text())["iteration"] == config.iterations)
-        if not done:  # never start (or join) a run here: a live trainer may own the folder
+        if not finished(run_dir, config):  # never start (or join) a run here: a live trainer may own the folder
             raise SystemExit(f"seeds_table: {run_dir} is not finished (trained and evaluated at iteration "
                              f"{config.iterations}); finish it with bilevel train --resume / bilevel evaluate")
         rows.append(run_one(config.method, run_dir, config, resume=True))  # finished: read only

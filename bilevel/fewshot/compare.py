@@ -31,7 +31,7 @@ from .methods import METHODS
 from .seeds import SeedStats, iqm_interval, over_seeds, paired_difference
 
 __all__ = ["compare", "run_one", "run_many", "run_configs", "late_mean", "format_table", "plot_learning_curves", "write_outputs",
-           "describe_training", "describe_evaluation", "seed_runs", "summarize_seeds"]
+           "describe_training", "describe_evaluation", "seed_runs", "summarize_seeds", "finished"]
 
 
 def run_configs(runs: dict[str, dict], shared: dict) -> dict[str, TrainConfig]:
@@ -92,6 +92,12 @@ def _plan(run_dir: Path, config: TrainConfig, eval_tasks: int | None, resume: bo
     previous = json.loads(evaluation_path.read_text())
     stale = previous["iteration"] != config.iterations or (eval_tasks and previous["tasks"] != eval_tasks)
     return None, bool(stale)
+
+
+def finished(run_dir: Path, config: TrainConfig, eval_tasks: int | None = None) -> bool:
+    """Whether ``run_dir`` holds ``config``'s run trained to its iterations and evaluated there
+    (nothing for :func:`run_one` to do with ``resume=True``)."""
+    return _plan(Path(run_dir), config, eval_tasks, resume=True) == (None, False)
 
 
 def _train_and_evaluate(config: TrainConfig, run_dir: Path, training: str | None, evaluate_run: bool,
@@ -241,6 +247,11 @@ def _methods(rows: list[dict]) -> dict[str, list[dict]]:
     return {m: sorted(rs, key=lambda r: r.get("seed") or 0) for m, rs in grouped.items()}
 
 
+def _over_seeds(rows: list[dict]) -> bool:
+    """Whether some method has several runs (seeds): the table, CSV and plot over seeds apply."""
+    return any(len(runs) > 1 for runs in _methods(rows).values())
+
+
 def _default_reference(methods) -> str:
     return "maml" if "maml" in methods else next(iter(methods))
 
@@ -307,7 +318,7 @@ def format_table(rows: list[dict], reference: str | None = None) -> str:
     """The comparison as markdown, with a note under it when an iMAML row's inner problem was
     left far from stationary (``||grad G|| > UNSOLVED_INNER``, late in training). Rows of several
     seeds per method give the table over seeds (:func:`format_seed_table`)."""
-    if any(len(runs) > 1 for runs in _methods(rows).values()):
+    if _over_seeds(rows):
         return format_seed_table(summarize_seeds(rows, reference))
     metric = rows[0]["metric"]
     scale, unit = (100.0, " (%)") if metric == "accuracy" else (1.0, "")
@@ -398,9 +409,8 @@ def plot_learning_curves(rows: list[dict], out: Path, path: Path) -> None:
 
     metric = rows[0]["metric"]
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
-    methods = _methods(rows)
-    several = any(len(runs) > 1 for runs in methods.values())
-    for m, runs in methods.items():
+    several = _over_seeds(rows)
+    for m, runs in _methods(rows).items():
         curves = [_curves(r["run_dir"], metric) for r in runs]
         if not several:
             xs, smooth, vx, val = curves[0]
@@ -476,10 +486,11 @@ def _relative(run_dir: str, out: Path) -> str:
 def write_outputs(rows: list[dict], out: Path, reference: str | None = None) -> None:
     """``compare.md`` (the table), ``compare.csv`` (a row per run; over seeds also a summary row
     per method), ``learning_curves.png`` and, over seeds, ``compare.json`` (the summaries)."""
-    table = format_table(rows, reference)
+    several = _over_seeds(rows)
+    stats = summarize_seeds(rows, reference) if several else None  # once: rliable's bootstrap is not free
+    table = format_seed_table(stats) if several else format_table(rows)
     (out / "compare.md").write_text(table + "\n")
-    several = any(len(runs) > 1 for runs in _methods(rows).values())
-    summaries = [_summary_row(s) for s in summarize_seeds(rows, reference)] if several else []
+    summaries = [_summary_row(s) for s in stats] if several else []
     with open(out / "compare.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS + (_SUMMARY_FIELDS if several else []),
                                 extrasaction="ignore")
