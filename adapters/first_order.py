@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch.func import grad_and_value
 
-from bilevel.hypergrad import HypergradBackend, Hypergradient
+from bilevel.hypergrad import HypergradBackend, Hypergradient, reject_create_graph
 from bilevel.tree import Params
 
 __all__ = ["FirstOrder", "map_onto_theta"]
@@ -28,9 +28,11 @@ class FirstOrder(HypergradBackend):
     plus any direct dependence of ``L_out`` on ``theta``. Biased unless ``lam -> inf``.
     """
 
-    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None):
+    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None, create_graph=False):
+        if create_graph:
+            reject_create_graph(f"{type(self).__name__}.hypergrad", self)
         phi = problem.inner_solution("FirstOrder.hypergrad", theta, inner_batch, inner_solution)
         map_onto_theta("FirstOrder.hypergrad", theta, phi)
         (g_phi, g_theta), loss = grad_and_value(problem.outer_loss, argnums=(0, 1))(phi, theta, outer_batch)
         g = {k: g_theta[k] + g_phi[k] if k in g_phi else g_theta[k] for k in theta}
-        return Hypergradient(loss.detach(), g, phi, {})
+        return Hypergradient(loss.detach(), g, phi)

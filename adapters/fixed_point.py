@@ -20,22 +20,28 @@ from typing import Any
 
 from torch.func import grad_and_value, vjp
 
-from bilevel.fixed_point import FixedPointProblem
-from bilevel.hypergrad import HypergradBackend, Hypergradient
+from bilevel.diagnostics import Diagnostics, FixedPointStationarity, stationarity
+from bilevel.hypergrad import HypergradBackend, Hypergradient, reject_create_graph
 from bilevel.linear_solve import GMRES, LinearSolver, check_linear_solver
+from bilevel.problem import FixedPointProblem
 from bilevel.tree import Params, tree_add, tree_detach, tree_norm, tree_sub
+from bilevel.validation import check_positive
+
+DEFAULT_STATIONARITY_RTOL = 1e-3
 
 __all__ = ["FixedPointImplicit", "UnrolledFixedPoint", "fixed_point_implicit_hypergrad"]
 
 
 def fixed_point_implicit_hypergrad(map_fn, outer_loss, theta: Params, z: Params, batch: Any, outer_batch: Any,
-                                   *, linear_solver: LinearSolver) -> Hypergradient:
+                                   *, linear_solver: LinearSolver,
+                                   stationarity_rtol: float | None = DEFAULT_STATIONARITY_RTOL) -> Hypergradient:
     """The implicit hypergradient at a given fixed point ``z`` (assumed to satisfy ``z = T(z)``).
 
     Solves ``(I - J)^T w = dL/dz`` with ``linear_solver`` over the matvec ``v -> v - J^T v``
     (one vjp of ``T`` in ``z`` per product), then returns ``dL/dtheta + (dT/dtheta)^T w``
-    (one vjp of ``T`` in ``theta``). ``stats`` holds the linear solve's diagnostics and
-    ``fixed_point_residual`` ``= ||T(z) - z||``, which the theorem assumes to be 0.
+    (one vjp of ``T`` in ``theta``). ``diagnostics`` holds the linear solve's result and the
+    stationarity ``||T(z) - z||``, which the theorem assumes to be 0 (judged against ``||z||``
+    with ``stationarity_rtol``; ``None``: not judged).
     """
     (g_z, g_theta), loss = grad_and_value(outer_loss, argnums=(0, 1))(z, theta, outer_batch)
     t_z, vjp_z = vjp(lambda zz: map_fn(zz, theta, batch), z)
@@ -46,8 +52,9 @@ def fixed_point_implicit_hypergrad(map_fn, outer_loss, theta: Params, z: Params,
     solve = linear_solver(adjoint_matvec, g_z)
     _, vjp_theta = vjp(lambda th: map_fn(z, th, batch), theta)
     (mixed,) = vjp_theta(solve.solution)
-    stats = {**solve.diagnostics(), "fixed_point_residual": tree_norm(tree_sub(t_z, z)).detach()}
-    return Hypergradient(loss.detach(), tree_add(g_theta, mixed), z, stats)
+    stat = stationarity(FixedPointStationarity, tree_norm(tree_sub(t_z, z)), tree_norm(z), stationarity_rtol)
+    diagnostics = Diagnostics(linear_solve=solve._replace(solution={}), stationarity=stat)
+    return Hypergradient(loss.detach(), tree_add(g_theta, mixed), z, diagnostics)
 
 
 def _check_problem(call: str, problem) -> FixedPointProblem:
@@ -55,13 +62,6 @@ def _check_problem(call: str, problem) -> FixedPointProblem:
         raise TypeError(f"{call}: expected a FixedPointProblem (map, outer_loss, forward_solver, init), got "
                         f"{type(problem).__name__}. For a BilevelProblem use Implicit or Unrolled.")
     return problem
-
-
-def _forward_stats(diagnostics: dict | None) -> dict:
-    if diagnostics is None:  # a given z*: its residual is in fixed_point_residual
-        return {}
-    return {"forward_converged": diagnostics["converged"], "forward_steps": diagnostics["steps"],
-            "forward_diverged": diagnostics["diverged"]}
 
 
 @dataclass(frozen=True)
@@ -76,14 +76,16 @@ class FixedPointImplicit(HypergradBackend):
             :class:`~bilevel.CG` only when ``dT/dz`` is symmetric (e.g. ``T`` a gradient step
             ``z - eta grad f(z)``).
 
-    ``stats``: the linear solve's ``converged``, ``steps``, ``residual_norm``,
-    ``negative_curvature``, ``diverged``; ``fixed_point_residual`` ``= ||T(z*) - z*||``; and,
-    when the backend ran the forward solver itself, ``forward_converged``, ``forward_steps``,
-    ``forward_diverged``. The answer is exact when both residuals are 0.
+        stationarity_rtol: ``z`` counts as a fixed point when ``||T(z) - z|| <= stationarity_rtol
+            * ||z||``; ``None``: not judged.
+
+    ``diagnostics``: the linear solve's result, the stationarity ``||T(z*) - z*||`` and, when
+    the backend ran the forward solver itself, the forward solve's result. The answer is exact
+    when both residuals are 0.
 
     Example:
         >>> import torch
-        >>> from bilevel.fixed_point import Anderson, FixedPointProblem, fixed_point_hypergrad
+        >>> from bilevel import Anderson, FixedPointProblem, fixed_point_hypergrad
         >>> problem = FixedPointProblem(
         ...     map=lambda z, theta, x: {"z": 0.5 * z["z"] + theta["b"] * x},  # z* = 2 b x
         ...     outer_loss=lambda z, theta, y: (z["z"] * y).sum(),
@@ -95,17 +97,23 @@ class FixedPointImplicit(HypergradBackend):
     """
 
     linear_solver: Any = field(default_factory=GMRES)
+    stationarity_rtol: float | None = DEFAULT_STATIONARITY_RTOL
 
     def __post_init__(self):
         check_linear_solver("FixedPointImplicit", self.linear_solver)
+        if self.stationarity_rtol is not None:
+            check_positive("FixedPointImplicit", "stationarity_rtol", self.stationarity_rtol)
 
-    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None):
+    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None, create_graph=False):
+        if create_graph:
+            reject_create_graph(f"{type(self).__name__}.hypergrad", self)
         call = "FixedPointImplicit.hypergrad"
         problem = _check_problem(call, problem)
         z, forward = problem.fixed_point(call, theta, inner_batch, inner_solution)
         result = fixed_point_implicit_hypergrad(problem.map, problem.outer_loss, theta, z, inner_batch,
-                                                outer_batch, linear_solver=self.linear_solver)
-        return result._replace(stats={**result.stats, **_forward_stats(forward)})
+                                                outer_batch, linear_solver=self.linear_solver,
+                                                stationarity_rtol=self.stationarity_rtol)
+        return result._replace(diagnostics=result.diagnostics._replace(forward_solve=forward))
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,9 @@ class UnrolledFixedPoint(HypergradBackend):
     with the number of forward iterations. Cannot take ``inner_solution=``.
     """
 
-    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None):
+    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None, create_graph=False):
+        if create_graph:
+            reject_create_graph(f"{type(self).__name__}.hypergrad", self)
         call = "UnrolledFixedPoint.hypergrad"
         problem = _check_problem(call, problem)
         if inner_solution is not None:
@@ -127,8 +137,14 @@ class UnrolledFixedPoint(HypergradBackend):
 
         def outer_of_theta(th):
             res = problem.solve(th, inner_batch)
-            return problem.outer_loss(res.solution, th, outer_batch), (res.solution, res.diagnostics())
+            return problem.outer_loss(res.solution, th, outer_batch), res
 
-        g, (loss, (z, diagnostics)) = grad_and_value(outer_of_theta, has_aux=True)(theta)
-        stats = {"fixed_point_residual": diagnostics["residual_norm"], **_forward_stats(diagnostics)}
-        return Hypergradient(loss.detach(), g, tree_detach(z), stats)
+        g, (loss, forward) = grad_and_value(outer_of_theta, has_aux=True)(theta)
+        forward = tree_detach_result(forward)
+        return Hypergradient(loss.detach(), g, forward.solution, Diagnostics(forward_solve=forward._replace(solution={})))
+
+
+def tree_detach_result(result):
+    """A solver result with every tensor detached."""
+    return result._replace(solution=tree_detach(result.solution),
+                           **{k: getattr(result, k).detach() for k in result._fields if k != "solution"})

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bilevel.hypergrad import AutogradAdapter, reject_inner_solution
+from bilevel.hypergrad import AutogradAdapter, reject_inner_solution, reject_create_graph
 
 from ._optional import require
 
@@ -40,7 +40,9 @@ class HigherUnrolled(AutogradAdapter):
     a time.
     """
 
-    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None):
+    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None, create_graph=False):
+        if create_graph:
+            reject_create_graph(f"{type(self).__name__}.hypergrad", self)
         reject_inner_solution(self, inner_solution)
         higher = require("higher", "higher", "HigherUnrolled")
         solver = problem.require_solver("HigherUnrolled.hypergrad")

@@ -13,50 +13,98 @@ and any inner solver works, including a ``torch.optim`` loop run by the user.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.func import grad, grad_and_value, vjp
 
+from bilevel.diagnostics import Diagnostics, InnerStationarity, stationarity
 from bilevel.eager import autograd_grads, eager_ok, grad_leaves
 from bilevel.hvp import check_hvp_mode, make_hvp, resolve_hvp_mode
 from bilevel.hypergrad import HypergradBackend, Hypergradient
 from bilevel.linear_solve import CG, LinearSolver, check_linear_solver
 from bilevel.problem import Loss
-from bilevel.tree import Params, tree_norm, tree_sub
+from bilevel.tree import Params, tree_detach, tree_norm, tree_sub
+from bilevel.validation import check_positive
 
 __all__ = ["Implicit", "implicit_hypergrad"]
+
+DEFAULT_STATIONARITY_RTOL = 1e-2
 
 
 def implicit_hypergrad(inner_loss: Loss, outer_loss: Loss, theta: Params, phi: Params,
                        inner_batch: Any, outer_batch: Any, *, linear_solver: LinearSolver,
-                       hvp_mode: str = "auto", matvec: Any = None) -> Hypergradient:
+                       hvp_mode: str = "auto", matvec: Any = None, phi_start: Params | None = None,
+                       stationarity_rtol: float | None = DEFAULT_STATIONARITY_RTOL,
+                       create_graph: bool = False) -> Hypergradient:
     """The implicit hypergradient at a given inner solution ``phi`` (assumed stationary).
 
     Solves ``[d^2 L_in/dphi^2] w = dL_out/dphi`` with ``linear_solver`` over Hessian-vector
     products, then returns ``dL_out/dtheta - (d^2 L_in/dphi dtheta)^T w`` (one more vjp).
-    ``stats`` holds the linear solve's diagnostics and ``inner_grad_norm``, the stationarity
-    ``||grad_phi L_in(phi, theta)||`` that the theorem assumes to be 0. ``matvec``, if given,
-    builds the operator in place of the inner Hessian: ``matvec(theta, phi, inner_batch) -> (v -> A v)``.
+    ``diagnostics`` holds the linear solve's result and the stationarity
+    ``||grad_phi L_in(phi, theta)||`` that the theorem assumes to be 0, judged against its value
+    at ``phi_start`` with ``stationarity_rtol`` (not judged without ``phi_start`` or with
+    ``stationarity_rtol=None``). ``matvec``, if given, builds the operator in place of the inner
+    Hessian: ``matvec(theta, phi, inner_batch) -> (v -> A v)``.
+
+    With ``create_graph=True`` every step is a differentiable ``torch.func`` operation (the
+    linear solver's iterations included), so the result is differentiable in ``theta``, in
+    ``phi`` and in what the losses close over; to differentiate through ``phi = phi*(theta)``
+    pass ``phi`` from :func:`attach_implicit_solution`.
     """
-    if resolve_hvp_mode(hvp_mode, phi) == "reverse-over-reverse" and eager_ok(theta, phi, inner_batch, outer_batch):
-        return _implicit_hypergrad_autograd(inner_loss, outer_loss, theta, phi, inner_batch, outer_batch,
-                                            linear_solver, matvec)
-    (g_phi, g_theta), loss = grad_and_value(outer_loss, argnums=(0, 1))(phi, theta, outer_batch)
-    if matvec is None:
-        operator = make_hvp(lambda p: inner_loss(p, theta, inner_batch), phi, hvp_mode)
+    if (not create_graph and resolve_hvp_mode(hvp_mode, phi) == "reverse-over-reverse"
+            and eager_ok(theta, phi, inner_batch, outer_batch)):
+        loss, g, solve, inner_grad = _implicit_autograd(inner_loss, outer_loss, theta, phi, inner_batch,
+                                                        outer_batch, linear_solver, matvec)
     else:
-        operator = matvec(theta, phi, inner_batch)
-    solve = linear_solver(operator, g_phi)
-    inner_grad, mixed_vjp = vjp(lambda th: grad(inner_loss)(phi, th, inner_batch), theta)
-    (mixed,) = mixed_vjp(solve.solution)
-    # The theorem assumes grad_phi L_in(phi) = 0: report how far the given phi is from it.
-    stats = {**solve.diagnostics(), "inner_grad_norm": tree_norm(inner_grad).detach()}
-    return Hypergradient(loss.detach(), tree_sub(g_theta, mixed), phi, stats)
+        (g_phi, g_theta), loss = grad_and_value(outer_loss, argnums=(0, 1))(phi, theta, outer_batch)
+        operator = _operator(inner_loss, theta, phi, inner_batch, hvp_mode, matvec)
+        solve = linear_solver(operator, g_phi)
+        inner_grad, mixed_vjp = vjp(lambda th: grad(inner_loss)(phi, th, inner_batch), theta)
+        (mixed,) = mixed_vjp(solve.solution)
+        g = tree_sub(g_theta, mixed)
+    residual = tree_norm(tree_detach(inner_grad))
+    reference = residual if phi_start is None else _grad_norm(inner_loss, phi_start, theta, inner_batch)
+    stat = stationarity(InnerStationarity, residual, reference, None if phi_start is None else stationarity_rtol)
+    diagnostics = Diagnostics(linear_solve=solve._replace(solution={}), stationarity=stat)
+    return Hypergradient(loss if create_graph else loss.detach(), g, tree_detach(phi), diagnostics)
 
 
-def _implicit_hypergrad_autograd(inner_loss, outer_loss, theta, phi, inner_batch, outer_batch, linear_solver,
-                                 matvec) -> Hypergradient:
+def attach_implicit_solution(inner_loss: Loss, theta: Params, phi: Params, inner_batch: Any, *,
+                             linear_solver: LinearSolver, hvp_mode: str = "auto", matvec: Any = None) -> Params:
+    """``phi`` (same values) with the derivative of ``phi*(theta)`` attached for autograd and ``torch.func``.
+
+    One Newton step with its value cancelled: ``phi - (s - stopgrad(s))`` where
+    ``H s = grad_phi L_in(phi, theta)`` is solved by ``linear_solver`` with ``H`` held constant.
+    Its derivative is ``-H^-1 d^2 L_in / dphi dtheta``, the implicit function theorem's
+    ``d phi* / d theta`` (and likewise for anything the inner loss closes over); its value is ``phi``.
+    """
+    theta_const = tree_detach(theta)
+    operator = _operator(inner_loss, theta_const, phi, inner_batch, hvp_mode, matvec)
+    residual = grad(inner_loss)(phi, theta, inner_batch)
+    s = linear_solver(operator, residual).solution
+    return {k: phi[k] - (s[k] - s[k].detach()) for k in phi}
+
+
+def _operator(inner_loss, theta, phi, inner_batch, hvp_mode, matvec):
+    if matvec is None:
+        return make_hvp(lambda p: inner_loss(p, theta, inner_batch), phi, hvp_mode)
+    return matvec(theta, phi, inner_batch)
+
+
+def _grad_norm(inner_loss, phi, theta, inner_batch):
+    """``||grad_phi L_in(phi, theta)||`` as a constant."""
+    phi, theta = tree_detach(phi), tree_detach(theta)
+    if eager_ok(phi, theta, inner_batch):
+        with torch.enable_grad():
+            p = grad_leaves(phi)
+            (g,) = autograd_grads(inner_loss(p, theta, inner_batch), p)
+    else:
+        g = grad(inner_loss)(phi, theta, inner_batch)
+    return tree_norm(tree_detach(g))
+
+
+def _implicit_autograd(inner_loss, outer_loss, theta, phi, inner_batch, outer_batch, linear_solver, matvec):
     """:func:`implicit_hypergrad` in reverse-over-reverse mode with plain autograd (``bilevel.eager``):
     one graph of ``grad_phi L_in`` serves every Hessian-vector product and the mixed term."""
     with torch.enable_grad():
@@ -72,8 +120,7 @@ def _implicit_hypergrad_autograd(inner_loss, outer_loss, theta, phi, inner_batch
             operator = matvec(theta, phi, inner_batch)
         solve = linear_solver(operator, g_phi)
         (mixed,) = autograd_grads(grad_list, th, grad_outputs=[solve.solution[k] for k in inner_grad])
-    stats = {**solve.diagnostics(), "inner_grad_norm": tree_norm({k: v.detach() for k, v in inner_grad.items()})}
-    return Hypergradient(loss.detach(), tree_sub(g_theta, mixed), phi, stats)
+    return loss.detach(), tree_sub(g_theta, mixed), solve, inner_grad
 
 
 @dataclass(frozen=True)
@@ -82,21 +129,29 @@ class Implicit(HypergradBackend):
 
     Args:
         linear_solver: a :class:`~bilevel.LinearSolver`: :class:`~bilevel.CG` (default: run to
-            ``tol``), :class:`~bilevel.Neumann`, :class:`~bilevel.Dense`, or your own subclass.
-            iMAML uses ``CG(maxiter=5)``.
-        hvp_mode: ``"auto"`` (reverse-over-reverse on a CPU, forward-over-reverse on a GPU),
-            ``"forward-over-reverse"`` or ``"reverse-over-reverse"`` (:mod:`bilevel.hvp`).
+            ``tol``), :class:`~bilevel.MINRES` (symmetric indefinite: a nonconvex inner problem
+            or a saddle point), :class:`~bilevel.Neumann`, :class:`~bilevel.GMRES`,
+            :class:`~bilevel.Dense`, or your own subclass. iMAML uses
+            ``CG(maxiter=5, truncated=True)``.
+        hvp_mode: ``"auto"`` (reverse-over-reverse on every device), ``"forward-over-reverse"``
+            or ``"reverse-over-reverse"`` (:mod:`bilevel.hvp`).
         matvec: ``None`` (the inner Hessian), or ``matvec(theta, phi, inner_batch) -> (v -> A v)``
             building another symmetric operator in its place, e.g. a positive semi-definite
             Gauss-Newton matrix from :func:`~bilevel.make_ggn` (plus iMAML's ``lam I``).
+        stationarity_rtol: the inner solution counts as stationary when
+            ``||grad L_in(phi)|| <= stationarity_rtol * ||grad L_in(phi_0)||``; otherwise the
+            failure policy reports it. ``None``: not judged (still reported).
 
     The answer is exact when the inner problem is solved and the linear solve converged;
-    ``stats`` reports the latter.
+    ``diagnostics`` reports both. Supports ``create_graph=True``.
     """
 
     linear_solver: Any = field(default_factory=CG)
     hvp_mode: str = "auto"
     matvec: Any = None
+    stationarity_rtol: float | None = DEFAULT_STATIONARITY_RTOL
+
+    supports_create_graph: ClassVar[bool] = True
 
     def __post_init__(self):
         check_linear_solver("Implicit", self.linear_solver)
@@ -104,9 +159,16 @@ class Implicit(HypergradBackend):
         if self.matvec is not None and not callable(self.matvec):
             raise TypeError(f"Implicit: matvec must be None or callable as matvec(theta, phi, inner_batch) -> "
                             f"(v -> A v), got {type(self.matvec).__name__}.")
+        if self.stationarity_rtol is not None:
+            check_positive("Implicit", "stationarity_rtol", self.stationarity_rtol)
 
-    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None):
+    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None, create_graph=False):
         phi = problem.inner_solution("Implicit.hypergrad", theta, inner_batch, inner_solution)
+        if create_graph:
+            phi = attach_implicit_solution(problem.inner_loss, theta, phi, inner_batch,
+                                           linear_solver=self.linear_solver, hvp_mode=self.hvp_mode,
+                                           matvec=self.matvec)
         return implicit_hypergrad(problem.inner_loss, problem.outer_loss, theta, phi, inner_batch,
                                   outer_batch, linear_solver=self.linear_solver, hvp_mode=self.hvp_mode,
-                                  matvec=self.matvec)
+                                  matvec=self.matvec, phi_start=tree_detach(problem.init_inner(theta)),
+                                  stationarity_rtol=self.stationarity_rtol, create_graph=create_graph)

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-import warnings
-
 import torch
 
-from bilevel.hypergrad import AutogradAdapter
-from bilevel.linear_solve import CG, Neumann
+from bilevel.diagnostics import Diagnostics, InnerStationarity, stationarity
+from bilevel.hypergrad import AutogradAdapter, reject_create_graph
+from bilevel.linear_solve import CG, LinearSolveResult, Neumann, budget_truncated, threshold
+from bilevel.tree import tree_detach, tree_norm
+from bilevel.validation import check_positive
 
 from ._optional import require
+from .implicit import DEFAULT_STATIONARITY_RTOL, _grad_norm
 
 __all__ = ["TorchoptImplicit"]
+
+
+def _continuing_cg() -> CG:
+    return CG(negative_curvature="continue")
 
 
 @dataclass(frozen=True)
@@ -22,28 +29,67 @@ class TorchoptImplicit(AutogradAdapter):
     """``torchopt.diff.implicit.custom_root`` on the optimality condition ``grad_phi L_in = 0``.
 
     Args:
-        linear_solver: :class:`~bilevel.CG` (mapped to ``torchopt.linear_solve.solve_cg``) or
-            :class:`~bilevel.Neumann` (mapped to ``solve_inv(ns=True)``).
+        linear_solver: :class:`~bilevel.CG` with ``negative_curvature="continue"`` (the default
+            here; mapped to ``torchopt.linear_solve.solve_cg``, whose CG always continues through
+            negative curvature, so ``"stop"`` is refused) or :class:`~bilevel.Neumann` (mapped to
+            ``solve_inv(ns=True)``).
+        stationarity_rtol: as :class:`~bilevel.Implicit`.
 
-    TorchOpt differentiates with ``torch.autograd``, so tasks run one at a time. Its CG always
-    continues through negative curvature (our ``CG(negative_curvature="continue")``).
+    TorchOpt differentiates with ``torch.autograd``, so tasks run one at a time. TorchOpt
+    reports nothing about its solve; the adapter measures it: the true residual
+    ``||b - A x||`` of TorchOpt's solution (one more matvec), so ``converged``,
+    ``residual_norm``, ``diverged`` and ``truncated`` are filled (``steps`` is the budget;
+    ``negative_curvature`` is not observable and reported ``False``), and the failure policy
+    applies as for the native backends.
     """
 
-    linear_solver: Any = field(default_factory=CG)
+    linear_solver: Any = field(default_factory=_continuing_cg)
+    stationarity_rtol: float | None = DEFAULT_STATIONARITY_RTOL
 
     def __post_init__(self):
         if not isinstance(self.linear_solver, (CG, Neumann)):
             raise TypeError(f"TorchoptImplicit: linear_solver must be CG(...) or Neumann(...), got "
                             f"{self.linear_solver!r}; TorchOpt has no equivalent of the others.")
+        if isinstance(self.linear_solver, CG) and self.linear_solver.negative_curvature == "stop":
+            raise ValueError("TorchoptImplicit: TorchOpt's CG always continues through negative curvature, so "
+                             "CG(negative_curvature='stop') cannot be honoured; pass CG(..., "
+                             "negative_curvature='continue') (TorchOpt's behaviour) or use the native Implicit.")
+        if self.stationarity_rtol is not None:
+            check_positive("TorchoptImplicit", "stationarity_rtol", self.stationarity_rtol)
 
     def _torchopt_solve(self, torchopt, num_unknowns: int):
         s = self.linear_solver
         if isinstance(s, CG):
             return torchopt.linear_solve.solve_cg(maxiter=s.maxiter or num_unknowns, rtol=s.tol,
-                                                  atol=s.atol, ridge=s.ridge or None)
-        return torchopt.linear_solve.solve_inv(ns=True, maxiter=s.steps, alpha=s.alpha)
+                                                  atol=s.atol, ridge=s.ridge or None), s.maxiter or num_unknowns
+        return torchopt.linear_solve.solve_inv(ns=True, maxiter=s.steps, alpha=s.alpha), s.steps
 
-    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None):
+    def _measured(self, solve, budget: int, record: list):
+        """TorchOpt's solve, and the true residual of its answer appended to ``record``."""
+        s = self.linear_solver
+        ridge = getattr(s, "ridge", 0.0)
+
+        def measured_solve(matvec, b):
+            x = solve(matvec, b)
+            with torch.no_grad():
+                ax = matvec(x)
+                ax = ax if isinstance(ax, tuple) else (ax,)
+                xs, bs = (x if isinstance(x, tuple) else (x,)), (b if isinstance(b, tuple) else (b,))
+                res = torch.sqrt(sum(((bi - (ai + ridge * xi)) ** 2).sum() for bi, ai, xi in zip(bs, ax, xs)))
+                b_norm = torch.sqrt(sum((bi ** 2).sum() for bi in bs))
+            converged = res <= threshold(b_norm, s.tol, s.atol)
+            diverged = ~torch.isfinite(res)
+            record.append(LinearSolveResult(
+                solution={}, converged=converged, steps=torch.tensor(budget), residual_norm=res,
+                negative_curvature=torch.zeros((), dtype=torch.bool), diverged=diverged,
+                truncated=budget_truncated(s.truncated, converged, torch.zeros_like(converged), diverged)))
+            return x
+
+        return measured_solve
+
+    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None, create_graph=False):
+        if create_graph:
+            reject_create_graph(f"{type(self).__name__}.hypergrad", self)
         torchopt = require("torchopt", "torchopt", "TorchoptImplicit")
         phi_star = problem.inner_solution("TorchoptImplicit.hypergrad", theta, inner_batch, inner_solution)
         names, theta_names = list(phi_star), list(theta)
@@ -55,10 +101,10 @@ class TorchoptImplicit(AutogradAdapter):
                                       inner_batch)
 
         optimality = torch.func.grad(inner_objective, argnums=0)
+        solve, budget = self._torchopt_solve(torchopt, sum(p.numel() for p in phi_star.values()))
+        record: list = []
 
-        solve = self._torchopt_solve(torchopt, sum(p.numel() for p in phi_star.values()))
-
-        @torchopt.diff.implicit.custom_root(optimality, argnums=1, solve=solve)
+        @torchopt.diff.implicit.custom_root(optimality, argnums=1, solve=self._measured(solve, budget, record))
         def inner_solver(phi_values, theta_values):
             return tuple(phi_star.values())
 
@@ -68,4 +114,9 @@ class TorchoptImplicit(AutogradAdapter):
             th = self.leaf_theta(theta)
             phi_init = tuple(v.clone().requires_grad_(True) for v in phi_star.values())
             phi = dict(zip(names, inner_solver(phi_init, tuple(th.values()))))
-            return self.result(problem.outer_loss(phi, th, outer_batch), th, phi_star)
+            result = self.result(problem.outer_loss(phi, th, outer_batch), th, phi_star)
+        residual = tree_norm(tree_detach(dict(zip(names, optimality(tuple(phi_star.values()),
+                                                                        tuple(tree_detach(theta).values()))))))
+        reference = _grad_norm(problem.inner_loss, problem.init_inner(theta), theta, inner_batch)
+        stat = stationarity(InnerStationarity, residual, reference, self.stationarity_rtol)
+        return result._replace(diagnostics=Diagnostics(linear_solve=record[-1] if record else None, stationarity=stat))

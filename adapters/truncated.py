@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from torch.func import grad_and_value
 
-from bilevel.hypergrad import HypergradBackend, Hypergradient, reject_inner_solution
-from bilevel.inner_solvers import check_steps, run_inner
+from bilevel.hypergrad import HypergradBackend, Hypergradient, reject_inner_solution, reject_create_graph
+from bilevel.inner_solvers import check_steps, detached_gradient, run_inner
 from bilevel.tree import tree_detach
 
 __all__ = ["TruncatedUnrolled"]
@@ -27,7 +27,9 @@ class TruncatedUnrolled(HypergradBackend):
     def __post_init__(self):
         check_steps("TruncatedUnrolled", self.steps)
 
-    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None):
+    def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None, create_graph=False):
+        if create_graph:
+            reject_create_graph(f"{type(self).__name__}.hypergrad", self)
         reject_inner_solution(self, inner_solution)
         solver = problem.require_solver("TruncatedUnrolled.hypergrad")
         if self.steps > solver.steps:
@@ -35,7 +37,7 @@ class TruncatedUnrolled(HypergradBackend):
                              f"{solver.steps} steps; use at most {solver.steps} or Unrolled().")
         prefix = solver.steps - self.steps
         theta_const = tree_detach(theta)
-        phi, state = run_inner(solver, problem.objective(theta_const, inner_batch),
+        phi, state = run_inner(solver, problem.objective(theta_const, inner_batch, detached_gradient),
                                problem.init_inner(theta_const), steps=prefix, detach=True)
 
         def outer_of_theta(th):
@@ -47,4 +49,4 @@ class TruncatedUnrolled(HypergradBackend):
             return problem.outer_loss(phi_s, th, outer_batch), phi_s
 
         g, (loss, phi_s) = grad_and_value(outer_of_theta, has_aux=True)(theta)
-        return Hypergradient(loss.detach(), g, tree_detach(phi_s), {})
+        return Hypergradient(loss.detach(), g, tree_detach(phi_s))

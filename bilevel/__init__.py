@@ -9,18 +9,18 @@ with any backend, chosen by one argument::
 from .adapters import (FirstOrder, FixedPointImplicit, HigherUnrolled, Implicit, Reptile, TorchoptImplicit,
                        TruncatedUnrolled, Unrolled, UnrolledFixedPoint, fixed_point_implicit_hypergrad,
                        implicit_hypergrad)
+from .diagnostics import Diagnostics, FixedPointStationarity, InnerStationarity, SolverWarning
 from .errors import NonFiniteError, SolverError
 from .hvp import hvp, make_ggn, make_hvp
-from .hypergrad import (AutogradAdapter, HypergradBackend, Hypergradient, batched_hypergrad, hypergrad, map_tasks,
-                        reject_inner_solution)
+from .hypergrad import (AutogradAdapter, HypergradBackend, Hypergradient, batched_fixed_point_hypergrad,
+                        batched_hypergrad, fixed_point_hypergrad, hypergrad, map_tasks, reject_inner_solution)
 from .inner_solvers import Adam, GradientDescent, GradientDescentThenPull, InnerSolver, Momentum, run_inner
-from .fixed_point import (Anderson, FixedPointIteration, FixedPointProblem, FixedPointResult, FixedPointSolver,
-                          batched_fixed_point_hypergrad, fixed_point_hypergrad)
+from .fixed_point import Anderson, FixedPointIteration, FixedPointResult, FixedPointSolver
 from .linear_solve import (CG, GMRES, Dense, LinearSolver, LinearSolveResult, Neumann, solve_cg,
                            solve_dense, solve_gmres, solve_neumann)
 from .meta import imaml_problem, maml_problem, model_loss, proximal_penalty
 from .newton_cg import NewtonCG
-from .problem import BilevelProblem
+from .problem import BilevelProblem, FixedPointProblem
 from .tree import Params
 
 __version__ = "0.1.0"
@@ -44,6 +44,6 @@ __all__ = [
     "map_tasks",
     "Unrolled", "TruncatedUnrolled", "HigherUnrolled", "Implicit", "implicit_hypergrad",
     "TorchoptImplicit", "FirstOrder", "Reptile",
-    # errors
-    "SolverError", "NonFiniteError",
+    # diagnostics and errors
+    "Diagnostics", "InnerStationarity", "FixedPointStationarity", "SolverWarning", "SolverError", "NonFiniteError",
 ]

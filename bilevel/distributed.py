@@ -113,8 +113,8 @@ def distributed_hypergrad(problem, theta: Params, inner_batches, outer_batches, 
 
     Every rank passes the same global batches; it computes its :func:`task_share` and the
     all-reduce returns, on every rank, the mean loss and mean hypergradient over all tasks.
-    ``stats`` holds every task's diagnostics (gathered in task order); ``inner_solution`` only
-    this rank's share. With ``world.size == 1`` this is ``batched_hypergrad``.
+    ``diagnostics`` and ``task_loss`` hold every task's (gathered in task order);
+    ``inner_solution`` only this rank's share. With ``world.size == 1`` this is ``batched_hypergrad``.
 
     Example (inside a ``torchrun`` program)::
 
@@ -155,9 +155,11 @@ def reduce_hypergrad(local: Hypergradient, total: int, world: World) -> Hypergra
         n = local.grad[k].numel()
         grads[k] = flat[offset:offset + n].view_as(local.grad[k])
         offset += n
-    stats = {}
-    for key, value in local.stats.items():  # per-task diagnostics: every task's, in task order
+    def every_task(value: Tensor) -> Tensor:  # per-task diagnostics: every task's, in task order
         if value.ndim >= 1 and value.shape[0] == n_local:
             gathered = all_gather_tasks(value.reshape(n_local, -1).to(torch.float64), world)
-            stats[key] = gathered.reshape(total, *value.shape[1:]).to(value.dtype)
-    return Hypergradient(flat[-1], grads, local.inner_solution, stats)
+            return gathered.reshape(total, *value.shape[1:]).to(value.dtype)
+        return value
+
+    task_loss = None if local.task_loss is None else every_task(local.task_loss)
+    return Hypergradient(flat[-1], grads, local.inner_solution, nested_map(every_task, local.diagnostics), task_loss)

@@ -1,34 +1,64 @@
-"""When plain ``torch.autograd`` may stand in for ``torch.func`` (same numbers, less overhead).
+"""What a running ``torch.func`` transform allows, asked through public behaviour only.
 
-``torch.func`` transforms cost a little on every operation (about 1.3x on a conv4 inner step
-on a CPU, ``benchmarks/inner_step_autograd.py``). Where no transform is running and no input
-carries autograd history, nothing needs that machinery: the library computes the same
-gradients with ``torch.autograd`` instead. Under ``vmap`` or ``grad`` it always uses
-``torch.func``.
+Two questions, each answered in one place:
+
+* :func:`values_readable`: can a tensor's value be read in Python (``bool(t)``)? Not under
+  ``vmap``, where a tensor stands for a whole batch. Solvers stop early, and the failure
+  policy reads diagnostics, only when it can (:func:`known_true`); under ``vmap`` they run
+  their fixed iteration count and leave the diagnostics to be read after the ``vmap``.
+* :func:`autograd_available`: may plain ``torch.autograd`` run here? Not inside any
+  ``torch.func`` transform (``vmap``, ``grad``, ``jvp``...), which refuses
+  ``requires_grad_()``. Where it may and no input carries history (:func:`eager_ok`),
+  backends compute the same gradients with ``torch.autograd`` instead of ``torch.func``:
+  the transforms cost a little on every operation (about 1.3x on a conv4 inner step on a
+  CPU, ``benchmarks/inner_step_autograd.py``).
+
+The answers come from trying the operation, never from torch's private state.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from .tree import Params, nested_leaves
 
-__all__ = ["transforms_active", "eager_ok", "grad_leaves", "autograd_grads"]
+__all__ = ["values_readable", "known_true", "autograd_available", "eager_ok", "grad_leaves", "autograd_grads"]
 
 
-def transforms_active() -> bool:
-    """Whether a ``torch.func`` transform (vmap, grad, jvp, ...) is running; ``True`` if this torch
-    cannot say (then the ``torch.func`` path is always taken)."""
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return True if active is None else bool(active())
+def values_readable(flag: Tensor) -> bool:
+    """Whether ``flag``'s value can be read here (``False`` under ``vmap``)."""
+    try:
+        bool(flag.reshape(-1)[:1].any())
+    except RuntimeError:
+        return False
+    return True
+
+
+def known_true(flag: Tensor) -> bool:
+    """``flag.all()`` when its value can be read; ``False`` under ``vmap``, where it cannot.
+
+    Lets an unbatched solve stop early while a batched one runs its fixed iteration count
+    (the frozen iterates make both give the same answer).
+    """
+    return values_readable(flag) and bool(flag.all())
+
+
+def autograd_available() -> bool:
+    """Whether plain ``torch.autograd`` may run here: no ``torch.func`` transform is active."""
+    try:
+        torch.zeros(()).requires_grad_(True)
+    except RuntimeError:
+        return False
+    return True
 
 
 def eager_ok(*trees) -> bool:
     """No transform is running and no tensor in ``trees`` requires grad: plain autograd gives
     the same answer, and no caller can be differentiating through it."""
-    if transforms_active():
+    if not autograd_available():
         return False
-    return not any(isinstance(t, torch.Tensor) and t.requires_grad for tree in trees for t in nested_leaves(tree))
+    return not any(isinstance(t, Tensor) and t.requires_grad for tree in trees for t in nested_leaves(tree))
 
 
 def grad_leaves(tree: Params, keep_graph: bool = False) -> Params:

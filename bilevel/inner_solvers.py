@@ -14,8 +14,6 @@ The step counter in a state is a Python ``int``: it drives no tensor control flo
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value
 
-from .eager import autograd_grads, grad_leaves, transforms_active
+from .eager import autograd_available, autograd_grads, grad_leaves
 from .tree import Params, tree_axpy, tree_detach, tree_zeros_like
 from .validation import check_positive, check_int, check_unit_interval
 
@@ -36,44 +34,68 @@ __all__ = [
     "GradientDescentThenPull",
     "run_inner",
     "check_steps",
+    "Gradient",
+    "func_gradient",
+    "detached_gradient",
+    "graph_gradient",
+    "objective_grad",
+    "WithGradient",
 ]
 
 Objective = Callable[[Params], Tensor]
-
-# How objective_grad differentiates: "func" (torch.func, always correct), "detached" (inside
-# run_inner(detach=True): no one differentiates through the steps) or "graph" (inside
-# autograd_steps(): the caller backpropagates through the steps with torch.autograd).
-_STEP_GRADIENTS = contextvars.ContextVar("bilevel_step_gradients", default="func")
+Gradient = Callable[[Objective, Params], tuple[Params, Tensor]]
+"""``gradient(f, phi) -> (grad f(phi), f(phi))``: how a step differentiates its objective."""
 
 
-@contextlib.contextmanager
-def autograd_steps():
-    """Inner steps run inside take ``torch.autograd`` gradients with ``create_graph=True``, so
-    that a caller outside every ``torch.func`` transform can backpropagate through them."""
-    token = _STEP_GRADIENTS.set("graph")
-    try:
-        yield
-    finally:
-        _STEP_GRADIENTS.reset(token)
+def func_gradient(f: Objective, phi: Params) -> tuple[Params, Tensor]:
+    """``torch.func.grad_and_value``: correct everywhere, under any transform, and
+    differentiable by an enclosing ``torch.func`` transform or ``torch.autograd``."""
+    return grad_and_value(f)(phi)
+
+
+def detached_gradient(f: Objective, phi: Params) -> tuple[Params, Tensor]:
+    """The gradient as a constant, for steps no one differentiates through (the implicit and
+    first-order backends' inner solve, the truncated prefix): plain ``torch.autograd`` on
+    detached leaves where it may run (``bilevel.eager``), ``torch.func`` under a transform."""
+    if not autograd_available():
+        return grad_and_value(f)(phi)
+    with torch.enable_grad():
+        leaves = grad_leaves(phi)
+        value = f(leaves)
+        (grads,) = autograd_grads(value, leaves)
+    return grads, value.detach()
+
+
+def graph_gradient(f: Objective, phi: Params) -> tuple[Params, Tensor]:
+    """``torch.autograd`` with ``create_graph=True``, so that the caller, outside every
+    ``torch.func`` transform, backpropagates through the steps (the unrolled backend on one task)."""
+    with torch.enable_grad():
+        leaves = grad_leaves(phi, keep_graph=True)
+        value = f(leaves)
+        (grads,) = autograd_grads(value, leaves, create_graph=True)
+    return grads, value
 
 
 def objective_grad(f: Objective, phi: Params) -> tuple[Params, Tensor]:
-    """``(grad f(phi), f(phi))``, as ``torch.func.grad_and_value(f)(phi)``.
+    """``(grad f(phi), f(phi))`` by the gradient the objective carries (``f.gradient``, set by
+    the backend that built it); :func:`func_gradient` for a plain callable.
 
-    Outside every ``torch.func`` transform, inside ``run_inner(detach=True)`` (the implicit and
-    first-order backends) or :func:`autograd_steps` (the unrolled backend on one task), it takes
-    plain ``torch.autograd`` instead: the same numbers without the transform's per-operation
-    cost (``bilevel.eager``).
+    The choice travels with the objective, never through process-wide state: a solve nested
+    inside ``f`` builds its own objective, so how the outer steps differentiate never changes
+    what the nested one computes.
     """
-    mode = _STEP_GRADIENTS.get()
-    if mode == "func" or transforms_active():
-        return grad_and_value(f)(phi)
-    graph = mode == "graph"
-    with torch.enable_grad():
-        leaves = grad_leaves(phi, keep_graph=graph)
-        value = f(leaves)
-        (grads,) = autograd_grads(value, leaves, create_graph=graph)
-    return grads, value if graph else value.detach()
+    return getattr(f, "gradient", func_gradient)(f, phi)
+
+
+class WithGradient:
+    """``f`` with the gradient ``gradient``: what :func:`run_inner` ``(detach=True)`` gives a
+    plain callable. Calls go to ``f``."""
+
+    def __init__(self, f: Objective, gradient: Gradient):
+        self.f, self.gradient = f, gradient
+
+    def __call__(self, phi: Params) -> Tensor:
+        return self.f(phi)
 
 
 def check_steps(call: str, steps) -> int:
@@ -102,19 +124,18 @@ def run_inner(solver: InnerSolver, f: Objective, phi: Params, state: Any = None,
     """Apply ``steps`` (default ``solver.steps``) solver steps to ``f`` from ``phi``.
 
     With ``detach=True`` no graph is kept between steps (the truncated and implicit
-    backends use it for the part of the path they do not differentiate).
+    backends use it for the part of the path they do not differentiate), and a plain
+    callable ``f`` is differentiated by :func:`detached_gradient`; an objective that carries
+    its own ``gradient`` keeps it.
     """
     if state is None:
         state = solver.init(phi)
-    token = _STEP_GRADIENTS.set("detached") if detach else None
-    try:
-        for _ in range(solver.steps if steps is None else steps):
-            phi, state = solver.step(f, phi, state)
-            if detach:
-                phi, state = tree_detach(phi), _detach_state(state)
-    finally:
-        if token is not None:
-            _STEP_GRADIENTS.reset(token)
+    if detach and not hasattr(f, "gradient"):
+        f = WithGradient(f, detached_gradient)
+    for _ in range(solver.steps if steps is None else steps):
+        phi, state = solver.step(f, phi, state)
+        if detach:
+            phi, state = tree_detach(phi), _detach_state(state)
     return phi, state
 
 

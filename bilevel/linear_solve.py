@@ -11,8 +11,12 @@ Invariants:
   freeze the iterate once converged (masked updates), so a whole meta-batch of systems
   solves under ``torch.func.vmap``.
 * Never silent: the result reports ``converged``, ``steps``, ``residual_norm``,
-  ``negative_curvature`` and ``diverged``; ``throw=True`` raises :class:`SolverError`
-  instead (outside ``vmap`` only, since it reads tensor values).
+  ``negative_curvature``, ``diverged`` and ``truncated``; ``throw=True`` raises
+  :class:`SolverError` instead (outside ``vmap`` only, since it reads tensor values), and
+  :func:`bilevel.hypergrad` warns or raises on a failed solve (:mod:`bilevel.diagnostics`).
+* A deliberate iteration budget is configuration, not failure: a solver built with
+  ``truncated=True`` (iMAML's 5-step CG, a K-term Neumann series) reports ``truncated``
+  when it stops at its budget, and the failure policy accepts that.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .eager import known_true
 from .errors import SolverError
-from .validation import check_choice, check_nonnegative, check_positive, check_int
+from .validation import check_choice, check_flag, check_int, check_nonnegative, check_positive
 from .tree import (Params, tree_axpy, tree_dot, tree_numel, tree_ravel, tree_sub,
                    tree_unravel, tree_where, tree_zeros_like)
 
@@ -42,6 +47,8 @@ __all__ = [
     "GMRES",
     "LinearSolver",
     "check_linear_solver",
+    "budget_truncated",
+    "threshold",
 ]
 
 Matvec = Callable[[Params], Params]
@@ -55,8 +62,12 @@ class LinearSolveResult(NamedTuple):
         converged: ``||b - A x|| <= max(tol * ||b||, atol)`` (bool).
         steps: matvec iterations that changed ``x`` (int64).
         residual_norm: ``||b - A x||`` (CG: the recursively updated residual).
-        negative_curvature: CG met a direction with ``p^T A p <= 0`` and stopped there.
-        diverged: the residual grew beyond ``||b||`` or became non-finite.
+        negative_curvature: CG met a direction with ``p^T A p <= 0`` (with the default
+            ``negative_curvature="stop"`` it stopped there: the solution is then wrong).
+        diverged: the residual became non-finite (Neumann: or grew, see :func:`solve_neumann`).
+        truncated: the solver was configured with ``truncated=True`` and stopped at its
+            iteration budget, not converged but without breakdown or divergence: an
+            approximation by design, which the failure policy does not report.
     """
 
     solution: Params
@@ -65,6 +76,7 @@ class LinearSolveResult(NamedTuple):
     residual_norm: Tensor
     negative_curvature: Tensor
     diverged: Tensor
+    truncated: Tensor
 
     def diagnostics(self) -> dict[str, Tensor]:
         """Everything but the solution."""
@@ -86,25 +98,22 @@ def _raise_if_failed(call: str, result: LinearSolveResult) -> LinearSolveResult:
     return result
 
 
-def _known_true(flag: Tensor) -> bool:
-    """``flag.all()`` when its value can be read; ``False`` under ``vmap``, where it cannot.
-
-    Lets an unbatched solve stop early while a batched one runs its fixed iteration count
-    (the frozen iterates make both give the same answer).
-    """
-    try:
-        return bool(flag.all())
-    except RuntimeError:
-        return False
+def budget_truncated(configured: bool, converged: Tensor, stopped_early: Tensor, diverged: Tensor) -> Tensor:
+    """``truncated`` for a result: configured as a budget, not converged, not stopped early
+    (breakdown, negative curvature) and not diverged."""
+    if not configured:
+        return torch.zeros_like(converged)
+    return ~converged & ~stopped_early & ~diverged
 
 
-def _threshold(b_norm: Tensor, tol: float, atol: float) -> Tensor:
+def threshold(b_norm: Tensor, tol: float, atol: float) -> Tensor:
     return torch.clamp(tol * b_norm, min=atol)
 
 
 def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: int | None = None,
              tol: float = 1e-10, atol: float = 0.0, ridge: float = 0.0,
-             negative_curvature: str = "stop", throw: bool = False) -> LinearSolveResult:
+             negative_curvature: str = "stop", truncated: bool = False,
+             throw: bool = False) -> LinearSolveResult:
     """Conjugate gradient for a symmetric positive definite ``A``: solves ``(A + ridge I) x = b``.
 
     Runs at most ``maxiter`` iterations (default: the number of unknowns, at least 1, so a
@@ -116,6 +125,7 @@ def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: 
     ``negative_curvature="continue"`` keeps iterating through directions with ``p^T A p < 0``
     (plain CG on a symmetric indefinite system, as the iMAML reference code and TorchOpt do),
     stopping only at an exact breakdown ``p^T A p == 0``; the flag is reported either way.
+    ``truncated=True`` declares ``maxiter`` a deliberate budget (see :class:`LinearSolveResult`).
 
     Example:
         >>> import torch
@@ -138,7 +148,7 @@ def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: 
     p = r
     rs = tree_dot(r, r)
     zero = torch.zeros_like(rs)
-    thresh = _threshold(torch.sqrt(tree_dot(b, b)), tol, atol)
+    thresh = threshold(torch.sqrt(tree_dot(b, b)), tol, atol)
     done = torch.sqrt(rs) <= thresh
     negative = torch.zeros_like(done)
     steps = torch.zeros((), dtype=torch.int64, device=rs.device)
@@ -158,29 +168,38 @@ def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: 
         rs = torch.where(active, rs_new, rs)
         steps = steps + active.to(torch.int64)
         done = done | (torch.sqrt(rs) <= thresh)
-        if _known_true(done):
+        if known_true(done):
             break
     res_norm = torch.sqrt(rs)
+    converged, diverged = res_norm <= thresh, ~torch.isfinite(res_norm)
+    stopped_early = negative if negative_curvature == "stop" else torch.zeros_like(negative)
     result = LinearSolveResult(
         solution=x,
-        converged=res_norm <= thresh,
+        converged=converged,
         steps=steps,
         residual_norm=res_norm,
         negative_curvature=negative,
-        diverged=~torch.isfinite(res_norm),
+        diverged=diverged,
+        truncated=budget_truncated(truncated, converged, stopped_early, diverged),
     )
     return _raise_if_failed("solve_cg", result) if throw else result
 
 
 def solve_neumann(matvec: Matvec, b: Params, *, init: Params | None = None, alpha: float = 1.0,
-                  steps: int = 10, tol: float = 1e-10, atol: float = 0.0, throw: bool = False) -> LinearSolveResult:
+                  steps: int = 10, tol: float = 1e-10, atol: float = 0.0, truncated: bool = False,
+                  throw: bool = False) -> LinearSolveResult:
     """Truncated Neumann series ``x = x_0 + alpha * sum_{k<steps} (I - alpha A)^k (b - A x_0)``.
 
     With ``init=None`` (``x_0 = 0``) this is ``alpha * sum_k (I - alpha A)^k b``; from ``x_0`` it
     is the same series on the remaining residual (Richardson iteration). Converges to
     ``A^-1 b`` iff ``0 < alpha < 2 / lambda_max(A)`` for positive definite ``A``. The residual
-    is exact for free: ``b - A x = (I - alpha A)^steps (b - A x_0)``. A residual larger than
-    ``||b||`` or non-finite is reported as ``diverged``.
+    is exact for free: ``b - A x = (I - alpha A)^steps (b - A x_0)``.
+
+    ``diverged`` is reported when the residual is non-finite, larger than ``||b||``, or grew
+    over the last step. For symmetric ``A`` the last test is exact: in the eigenbasis
+    ``||r_k||^2 = sum_i c_i^2 (1 - alpha lambda_i)^(2k)`` is log-convex in ``k``, so once it
+    grows it grows forever, and it eventually grows iff some ``|1 - alpha lambda_i| > 1``.
+    ``truncated=True`` declares ``steps`` a deliberate budget (a K-term series).
 
     Example:
         >>> import torch
@@ -194,18 +213,25 @@ def solve_neumann(matvec: Matvec, b: Params, *, init: Params | None = None, alph
     check_nonnegative("solve_neumann", "atol", atol)
     x = tree_zeros_like(b) if init is None else init
     p = b if init is None else tree_sub(b, matvec(x))
+    previous = torch.sqrt(tree_dot(p, p))
+    res_norm = previous
     for _ in range(steps):
         x = tree_axpy(alpha, p, x)
         p = tree_axpy(-alpha, matvec(p), p)
-    res_norm = torch.sqrt(tree_dot(p, p))
+        previous, res_norm = res_norm, torch.sqrt(tree_dot(p, p))
     b_norm = torch.sqrt(tree_dot(b, b))
+    converged = res_norm <= threshold(b_norm, tol, atol)
+    # Growth over the last step (beyond rounding) means a component with |1 - alpha lambda| > 1.
+    grew = ~converged & (res_norm > previous * (1 + 1e-6))
+    diverged = ~torch.isfinite(res_norm) | (res_norm > b_norm) | grew
     result = LinearSolveResult(
         solution=x,
-        converged=res_norm <= _threshold(b_norm, tol, atol),
+        converged=converged,
         steps=torch.full((), steps, dtype=torch.int64, device=res_norm.device),
         residual_norm=res_norm,
         negative_curvature=torch.zeros((), dtype=torch.bool, device=res_norm.device),
-        diverged=~torch.isfinite(res_norm) | (res_norm > b_norm),
+        diverged=diverged,
+        truncated=budget_truncated(truncated, converged, torch.zeros_like(converged), diverged),
     )
     return _raise_if_failed("solve_neumann", result) if throw else result
 
@@ -233,17 +259,19 @@ def solve_dense(matvec: Matvec, b: Params, *, ridge: float = 0.0, tol: float = 1
     rounding = 100 * n * torch.finfo(flat_b.dtype).eps * (torch.linalg.matrix_norm(A) * torch.linalg.vector_norm(x) + b_norm)
     result = LinearSolveResult(
         solution=tree_unravel(x, b),
-        converged=(res_norm <= torch.maximum(_threshold(b_norm, tol, atol), rounding)) & torch.isfinite(res_norm),
+        converged=(res_norm <= torch.maximum(threshold(b_norm, tol, atol), rounding)) & torch.isfinite(res_norm),
         steps=torch.full((), n, dtype=torch.int64, device=flat_b.device),
         residual_norm=res_norm,
         negative_curvature=torch.zeros((), dtype=torch.bool, device=flat_b.device),
         diverged=~torch.isfinite(res_norm),
+        truncated=torch.zeros((), dtype=torch.bool, device=flat_b.device),
     )
     return _raise_if_failed("solve_dense", result) if throw else result
 
 
 def solve_gmres(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: int = 50,
-                tol: float = 1e-10, atol: float = 0.0, throw: bool = False) -> LinearSolveResult:
+                tol: float = 1e-10, atol: float = 0.0, truncated: bool = False,
+                throw: bool = False) -> LinearSolveResult:
     """GMRES for a general (non-symmetric) invertible ``A``: solves ``A x = b`` without restarts.
 
     Builds an orthonormal basis of the Krylov space ``span{r0, A r0, ..., A^(k-1) r0}``
@@ -274,7 +302,7 @@ def solve_gmres(matvec: Matvec, b: Params, *, init: Params | None = None, maxite
     x0 = torch.zeros_like(flat_b) if init is None else tree_ravel(init)
     r0 = flat_b if init is None else flat_b - flat_matvec(x0)
     beta = torch.linalg.vector_norm(r0)
-    thresh = _threshold(torch.linalg.vector_norm(flat_b), tol, atol)
+    thresh = threshold(torch.linalg.vector_norm(flat_b), tol, atol)
     done = beta <= thresh
     one, zero = torch.ones_like(beta), torch.zeros_like(beta)
 
@@ -311,7 +339,7 @@ def solve_gmres(matvec: Matvec, b: Params, *, init: Params | None = None, maxite
         used.append(active)
         steps = steps + active.to(torch.int64)
         done = done | (torch.abs(g[j + 1]) <= thresh)
-        if _known_true(done):
+        if known_true(done):
             break
     # Solve the k x k upper triangular system R y = g[:k]; columns of frozen iterations get
     # an identity row and a zero right-hand side, so their coefficient is 0.
@@ -324,13 +352,15 @@ def solve_gmres(matvec: Matvec, b: Params, *, init: Params | None = None, maxite
     y = torch.linalg.solve_triangular(R, rhs[:, None], upper=True)[:, 0]
     x = x0 + torch.stack(basis[:k], dim=1) @ y
     res_norm = torch.linalg.vector_norm(flat_b - flat_matvec(x))
+    converged, diverged = res_norm <= thresh, ~torch.isfinite(res_norm)
     result = LinearSolveResult(
         solution=tree_unravel(x, b),
-        converged=res_norm <= thresh,
+        converged=converged,
         steps=steps,
         residual_norm=res_norm,
         negative_curvature=torch.zeros((), dtype=torch.bool, device=flat_b.device),
-        diverged=~torch.isfinite(res_norm),
+        diverged=diverged,
+        truncated=budget_truncated(truncated, converged, torch.zeros_like(converged), diverged),
     )
     return _raise_if_failed("solve_gmres", result) if throw else result
 
@@ -359,18 +389,22 @@ class CG(LinearSolver):
     atol: float = 0.0
     ridge: float = 0.0
     negative_curvature: str = "stop"
+    truncated: bool = False
 
     def __post_init__(self):
         if self.maxiter is not None:
             check_int("CG", "maxiter", self.maxiter)
         check_choice("CG", "negative_curvature", self.negative_curvature, ("stop", "continue"))
+        check_flag("CG", "truncated", self.truncated)
+        if self.truncated and self.maxiter is None:
+            raise ValueError("CG: truncated=True declares maxiter a deliberate budget; give maxiter (e.g. CG(maxiter=5, truncated=True)).")
         check_nonnegative("CG", "tol", self.tol)
         check_nonnegative("CG", "atol", self.atol)
         check_nonnegative("CG", "ridge", self.ridge)
 
     def __call__(self, matvec, b, init=None):
         return solve_cg(matvec, b, init=init, maxiter=self.maxiter, tol=self.tol, atol=self.atol,
-                        ridge=self.ridge, negative_curvature=self.negative_curvature)
+                        ridge=self.ridge, negative_curvature=self.negative_curvature, truncated=self.truncated)
 
 
 @dataclass(frozen=True)
@@ -381,16 +415,18 @@ class Neumann(LinearSolver):
     steps: int = 10
     tol: float = 1e-10
     atol: float = 0.0
+    truncated: bool = False
 
     def __post_init__(self):
         check_int("Neumann", "steps", self.steps)
+        check_flag("Neumann", "truncated", self.truncated)
         check_positive("Neumann", "alpha", self.alpha)
         check_nonnegative("Neumann", "tol", self.tol)
         check_nonnegative("Neumann", "atol", self.atol)
 
     def __call__(self, matvec, b, init=None):
         return solve_neumann(matvec, b, init=init, alpha=self.alpha, steps=self.steps, tol=self.tol,
-                             atol=self.atol)
+                             atol=self.atol, truncated=self.truncated)
 
 
 @dataclass(frozen=True)
@@ -417,14 +453,17 @@ class GMRES(LinearSolver):
     maxiter: int = 50
     tol: float = 1e-10
     atol: float = 0.0
+    truncated: bool = False
 
     def __post_init__(self):
         check_int("GMRES", "maxiter", self.maxiter)
+        check_flag("GMRES", "truncated", self.truncated)
         check_nonnegative("GMRES", "tol", self.tol)
         check_nonnegative("GMRES", "atol", self.atol)
 
     def __call__(self, matvec, b, init=None):
-        return solve_gmres(matvec, b, init=init, maxiter=self.maxiter, tol=self.tol, atol=self.atol)
+        return solve_gmres(matvec, b, init=init, maxiter=self.maxiter, tol=self.tol, atol=self.atol,
+                           truncated=self.truncated)
 
 
 def check_linear_solver(call: str, solver) -> LinearSolver:

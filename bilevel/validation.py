@@ -59,6 +59,12 @@ def check_unit_interval(call: str, name: str, value) -> float:
     return value
 
 
+def check_flag(call: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{call}: {name} must be True or False, got {value!r}.")
+    return value
+
+
 def check_choice(call: str, name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{call}: {name} must be one of {tuple(choices)}, got {value!r}.")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from bilevel.adapters import FixedPointImplicit
-from bilevel.fixed_point import Anderson, FixedPointProblem, fixed_point_hypergrad
+from bilevel import Anderson, FixedPointProblem, fixed_point_hypergrad
 from bilevel.linear_solve import GMRES
 
 HIDDEN = 32

@@ -46,7 +46,7 @@ def main():
         "HigherUnrolled": HigherUnrolled(),
         "Implicit(CG)": Implicit(CG(maxiter=50, tol=1e-6)),
         "Implicit(Neumann)": Implicit(Neumann(alpha=0.05, steps=100, tol=1e-4)),
-        "TorchoptImplicit(CG)": TorchoptImplicit(CG(maxiter=50, tol=1e-6)),
+        "TorchoptImplicit(CG)": TorchoptImplicit(CG(maxiter=50, tol=1e-6, negative_curvature="continue")),
     }
     theta0 = {"log_l2": torch.zeros(d)}
     reference = hypergrad(problem, theta0, train, val, backend=Unrolled()).grad["log_l2"]

@@ -54,7 +54,7 @@ def backends(inner_steps: int) -> dict:
         "implicit-dense": (Implicit(Dense(), hvp_mode=HVP_MODE), None),  # the reference
         "implicit-cg": (Implicit(CG(maxiter=20, tol=1e-10), hvp_mode=HVP_MODE), None),
         "implicit-neumann": (Implicit(Neumann(alpha=INNER_LR, steps=inner_steps), hvp_mode=HVP_MODE), None),
-        "torchopt-cg": (TorchoptImplicit(CG(maxiter=20, tol=1e-10)), "torchopt"),
+        "torchopt-cg": (TorchoptImplicit(CG(maxiter=20, tol=1e-10, negative_curvature="continue")), "torchopt"),
         "unrolled": (Unrolled(), None),
         "higher": (HigherUnrolled(), "higher"),
         "truncated": (TruncatedUnrolled(max(1, inner_steps // 10)), None),

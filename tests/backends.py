@@ -57,7 +57,7 @@ CASES = [
     Case("implicit-neumann", lambda L, mu, d: Implicit(Neumann(alpha=1.0 / L, steps=_gd_steps(L, mu))), newton),
     Case("implicit-dense", lambda L, mu, d: Implicit(Dense()), newton),
     Case("implicit-after-gd", lambda L, mu, d: Implicit(CG(tol=1e-14)), gd),
-    Case("torchopt-cg", lambda L, mu, d: TorchoptImplicit(CG(tol=1e-14)), newton),
+    Case("torchopt-cg", lambda L, mu, d: TorchoptImplicit(CG(tol=1e-14, negative_curvature="continue")), newton),
     Case("torchopt-neumann",
          lambda L, mu, d: TorchoptImplicit(Neumann(alpha=1.0 / L, steps=_gd_steps(L, mu))), newton),
     Case("first-order", lambda L, mu, d: FirstOrder(), newton, "first_order"),

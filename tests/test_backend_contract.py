@@ -24,9 +24,10 @@ def test_every_backend_in_the_table_has_the_one_signature(case):
 
     backend, _ = case.build(10.0, 1.0, 3)
     params = inspect.signature(type(backend).hypergrad).parameters
-    assert list(params) == ["self", "problem", "theta", "inner_batch", "outer_batch", "inner_solution"]
-    assert params["inner_solution"].kind is inspect.Parameter.KEYWORD_ONLY
-    assert params["inner_solution"].default is None
+    assert list(params) == ["self", "problem", "theta", "inner_batch", "outer_batch", "inner_solution", "create_graph"]
+    for name, default in (("inner_solution", None), ("create_graph", False)):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert params[name].default is default
 
 
 def test_a_new_backend_is_one_class():
@@ -36,7 +37,7 @@ def test_a_new_backend_is_one_class():
         def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None):
             phi = problem.inner_solution("ZeroGradient", theta, inner_batch, inner_solution)
             loss = problem.outer_loss(phi, theta, outer_batch)
-            return Hypergradient(loss, {k: torch.zeros_like(v) for k, v in theta.items()}, phi, {})
+            return Hypergradient(loss, {k: torch.zeros_like(v) for k, v in theta.items()}, phi)
 
     from bilevel import BilevelProblem, GradientDescent
     problem = BilevelProblem(lambda phi, th, b: ((phi["w"] - th["w"] * b) ** 2).sum(),

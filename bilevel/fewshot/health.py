@@ -1,19 +1,22 @@
-"""Training's response to a failed linear solve (``--on-solver-failure``) or a non-finite step.
+"""Training's response to a failed solve (``--on-solver-failure``) or a non-finite step.
 
-A task's solve failed when the backend's per-task ``stats`` say it ``diverged`` (a non-finite
-residual, or for Neumann a residual larger than the right-hand side), or its ``residual_norm``
-is not finite. A solve that merely used up its iteration budget is not a failure: iMAML runs
-CG for a fixed 5 steps by design, and ``stats_converged`` (the fraction that reached the
-tolerance) is logged for every iteration either way. Backends without these entries never
-fail here. The policy decides what happens:
+A task's solve failed when the library's failure check (:func:`bilevel.diagnostics.failures`,
+the same objects :func:`bilevel.hypergrad` warns or raises with) finds a failure in its
+diagnostics: a linear solve that diverged, stopped at negative curvature, or did not converge
+without being a deliberate budget, a forward fixed-point solve that did not converge, or an
+inner solution that is not stationary (where the backend judges it). A solve configured as a
+budget is not a failure: iMAML runs ``CG(maxiter=5, truncated=True)`` by design, and
+``stats_converged`` (the fraction that reached the tolerance) is logged for every iteration
+either way. The policy decides what happens:
 
-* ``warn`` (default): keep the step; print a warning line (with the count of failed tasks)
-  on the 1st, 2nd, 4th, 8th, ... iteration with failures, so that a long run does not print one
-  line per iteration. Every iteration's count is in ``metrics.jsonl`` as ``solver_failures``.
+* ``warn`` (default): keep the step; print a warning line (with the count of failed tasks and
+  the library's message naming the fix) on the 1st, 2nd, 4th, 8th, ... iteration with
+  failures, so that a long run does not print one line per iteration. Every iteration's count
+  is in ``metrics.jsonl`` as ``solver_failures``.
 * ``skip-task``: recompute the meta-gradient from the healthy tasks only; skip the outer step
   when none is healthy.
 * ``stop``: raise :class:`~bilevel.errors.SolverError` naming the iteration, the failed tasks
-  and their largest residual.
+  and the failure.
 
 A NaN or infinite loss or meta-gradient always stops training
 (:class:`~bilevel.errors.NonFiniteError`, naming the iteration and the tasks).
@@ -24,8 +27,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-import torch
-
+from ..diagnostics import Diagnostics, failed_systems, failures
 from ..errors import NonFiniteError, SolverError
 
 __all__ = ["SOLVER_FAILURE_POLICIES", "SolverHealth", "failed_tasks", "nonfinite_error"]
@@ -33,43 +35,14 @@ __all__ = ["SOLVER_FAILURE_POLICIES", "SolverHealth", "failed_tasks", "nonfinite
 SOLVER_FAILURE_POLICIES = ("warn", "skip-task", "stop")
 
 
-def _per_task(value) -> torch.Tensor:
-    value = torch.as_tensor(value)
-    return value.reshape(value.shape[0], -1) if value.ndim else value.reshape(1, 1)
-
-
-def _failed_per_task(stats: dict) -> torch.Tensor | None:
-    """Per task: the solve diverged or its residual is not finite (``None``: nothing to judge)."""
-    flags = []
-    if "diverged" in stats:
-        flags.append(_per_task(stats["diverged"]).bool().any(1))
-    if "residual_norm" in stats:
-        flags.append(~torch.isfinite(_per_task(stats["residual_norm"])).all(1))
-    if not flags:
-        return None
-    failed = flags[0]
-    for f in flags[1:]:
-        failed = failed | f
-    return failed
-
-
-def failed_tasks(stats: dict) -> list[int]:
-    """Indices of the tasks whose solve diverged or has a non-finite residual (dimension 0 is the task)."""
-    failed = _failed_per_task(stats)
-    return [] if failed is None else [i for i, bad in enumerate(failed.tolist()) if bad]
-
-
-def _residual(stats: dict, tasks: list[int]) -> str:
-    residual = stats.get("residual_norm")
-    if residual is None:
-        return ""
-    residual = torch.as_tensor(residual)
-    worst = residual.reshape(residual.shape[0], -1)[tasks].max() if residual.ndim else residual
-    return f", largest residual norm {float(worst):.3e}"
+def failed_tasks(diagnostics: Diagnostics) -> list[int]:
+    """Indices of the tasks (dimension 0 of every diagnostic) with any failure."""
+    flags = failed_systems(diagnostics)
+    return [] if flags is None else [i for i, bad in enumerate(flags.reshape(-1).tolist()) if bad]
 
 
 class SolverHealth:
-    """Applies one ``--on-solver-failure`` policy to each iteration's per-task ``stats``.
+    """Applies one ``--on-solver-failure`` policy to each iteration's per-task diagnostics.
 
     Args:
         policy: ``"warn"``, ``"skip-task"`` or ``"stop"``.
@@ -84,16 +57,17 @@ class SolverHealth:
         self.write = write or (lambda line: print(line, file=sys.stderr))
         self.failing_iterations = 0
 
-    def check(self, iteration: int, stats: dict) -> list[int]:
+    def check(self, iteration: int, diagnostics: Diagnostics) -> list[int]:
         """Return the failed tasks of this iteration (``stop``: raise if there are any)."""
-        failed = failed_tasks(stats)
+        failed = failed_tasks(diagnostics)
         if not failed:
             return []
-        what = (f"the linear solve diverged for {len(failed)} of {len(_failed_per_task(stats))} tasks "
-                f"(tasks {failed}{_residual(stats, failed)})")
+        total = failed_systems(diagnostics).numel()
+        what = (f"{len(failed)} of {total} tasks failed (tasks {failed}): "
+                + "; ".join(f.message for f in failures(diagnostics)))
         if self.policy == "stop":
-            raise SolverError(f"iteration {iteration}: {what}; stopped by --on-solver-failure stop. Raise "
-                              "lambda or --cg-damping, or choose --on-solver-failure warn or skip-task")
+            raise SolverError(f"iteration {iteration}: {what}; stopped by --on-solver-failure stop (or choose "
+                              "--on-solver-failure warn or skip-task)")
         self.failing_iterations += 1
         n = self.failing_iterations
         if n & (n - 1) == 0:  # a power of two

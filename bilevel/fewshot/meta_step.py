@@ -9,9 +9,9 @@ from typing import NamedTuple
 
 import torch
 
-from ..distributed import World, reduce_hypergrad, take_share, task_share
+from ..distributed import World, distributed_hypergrad, task_share
 from ..errors import NonFiniteError
-from ..hypergrad import Hypergradient, batched_hypergrad, map_tasks, num_tasks
+from ..hypergrad import Hypergradient, map_tasks, num_tasks
 from ..memory_budget import MB, check_measurable, chunk_size_for_budget, cuda_peak_bytes
 from ..tree import nested_map
 from .benchmarks import batch_to_tasks
@@ -67,23 +67,20 @@ class MetaGradient:
         if tasks is not None:
             support, query = take_tasks(support, tasks), take_tasks(query, tasks)
         world = self.world if split else World()
-        total = num_tasks(support)
-        if world.distributed:  # this rank's share of the tasks; the all-reduce below averages all
-            share = task_share(total, world)
-            support, query = take_share(support, share), take_share(query, share)
         inner_solutions = None
         if self.method.adapt is not None:  # the inner solutions come from another solver (official protocol)
+            # (every rank adapts every task: distributed_hypergrad takes each rank's share of them)
             theta = {k: v.detach() for k, v in params.items()}
             inner_solutions = map_tasks(lambda s: self.method.adapt.solve_inner(theta, s, detach=True), support,
                                         vectorize=self.vectorize, chunk_size=self.chunk_size)
-        result = batched_hypergrad(self.method.problem, params, support, query, backend=self.method.backend,
-                                   inner_solutions=inner_solutions, chunk_size=self.chunk_size,
-                                   vectorize=self.vectorize)
-        return reduce_hypergrad(result, total, world) if world.distributed else result
+        # The policy is the trainer's (--on-solver-failure, applied per task in __call__), not the library's warning.
+        return distributed_hypergrad(self.method.problem, params, support, query, backend=self.method.backend,
+                                     world=world, inner_solutions=inner_solutions, chunk_size=self.chunk_size,
+                                     vectorize=self.vectorize, on_failure="ignore")
 
     def __call__(self, iteration: int, params, support, query) -> MetaStep:
         result = self._finite(iteration, params, support, query, None)
-        failed = self.health.check(iteration, result.stats)
+        failed = self.health.check(iteration, result.diagnostics)
         if not failed or self.health.policy != "skip-task":
             return MetaStep(result, None, failed, skipped=False)
         healthy = [t for t in range(num_tasks(support)) if t not in failed]
@@ -97,7 +94,7 @@ class MetaGradient:
         except NonFiniteError as exc:
             raise nonfinite_error(iteration, self._nonfinite_tasks(params, support, query, tasks), str(exc)) from None
         if not _is_finite(result):
-            losses = result.stats.get("task_loss")
+            losses = result.task_loss
             numbering = tasks if tasks is not None else range(num_tasks(support))
             bad = [] if losses is None else [t for t, ok in zip(numbering, torch.isfinite(losses).tolist()) if not ok]
             raise nonfinite_error(iteration, bad or self._nonfinite_tasks(params, support, query, tasks),

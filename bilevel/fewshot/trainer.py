@@ -200,7 +200,7 @@ def _outer_step(optimizer: torch.optim.Optimizer, params: dict, grad: dict) -> N
 def _train_record(iteration: int, step: MetaStep, metric: str, score: float, seconds: float, meta_batch: int) -> dict:
     record = {"iteration": iteration, "split": "train", "loss": float(step.result.loss), metric: score,
               "seconds": seconds, "tasks_per_second": meta_batch / seconds, **stats_record(step.result.stats)}
-    if "diverged" in step.result.stats or "residual_norm" in step.result.stats:
+    if any(part is not None for part in step.result.diagnostics):  # a backend with solves that can fail
         record["solver_failures"] = len(step.failed)
     if step.tasks is not None or step.skipped:
         record["skipped_tasks"] = step.failed

@@ -8,8 +8,10 @@ import json
 import pytest
 import torch
 
-import bilevel.fewshot.meta_step as meta_step_module
+import bilevel.distributed as distributed_module
 import bilevel.fewshot.trainer as trainer_module
+from bilevel.diagnostics import Diagnostics
+from bilevel.linear_solve import LinearSolveResult
 from bilevel.errors import NonFiniteError, SolverError
 from bilevel.fewshot import TrainConfig, train
 from bilevel.fewshot.checkpoint import load_checkpoint
@@ -28,30 +30,40 @@ def train_records(run_dir):
     return [r for r in records if r["split"] == "train"]
 
 
+def solve_result(diverged, converged=None, truncated=None) -> Diagnostics:
+    """Per-task diagnostics of a linear solve with the given flags."""
+    diverged = torch.as_tensor(diverged)
+    no = torch.zeros_like(diverged)
+    return Diagnostics(linear_solve=LinearSolveResult(
+        solution={}, converged=~diverged if converged is None else torch.as_tensor(converged),
+        steps=torch.full(diverged.shape, 5), residual_norm=diverged.double() * 0.5, negative_curvature=no,
+        diverged=diverged, truncated=no if truncated is None else torch.as_tensor(truncated)))
+
+
 def mark_diverged(monkeypatch, failing: list[int]):
     """batched_hypergrad as usual, but on a full meta-batch the ``failing`` tasks report a diverged solve."""
-    real = meta_step_module.batched_hypergrad
+    real = distributed_module.batched_hypergrad
     calls = []
 
     def patched(*args, **kwargs):
         result = real(*args, **kwargs)
-        n = result.stats["task_loss"].shape[0]
+        n = result.task_loss.shape[0]
         calls.append(n)
         diverged = torch.zeros(n, dtype=torch.bool)
         if n == SMALL["meta_batch"]:
             diverged[failing] = True
-        return result._replace(stats={**result.stats, "diverged": diverged,
-                                      "residual_norm": diverged.double() * 0.5})
+        return result._replace(diagnostics=solve_result(diverged))
 
-    monkeypatch.setattr(meta_step_module, "batched_hypergrad", patched)
+    monkeypatch.setattr(distributed_module, "batched_hypergrad", patched)
     return calls
 
 
 def test_failed_tasks_reads_divergence_not_a_used_up_budget():
-    assert failed_tasks({"diverged": torch.tensor([False, True, False, True])}) == [1, 3]
-    assert failed_tasks({"residual_norm": torch.tensor([0.1, float("nan"), float("inf")])}) == [1, 2]
-    assert failed_tasks({"converged": torch.tensor([False, False])}) == []  # a truncated solve is the method
-    assert failed_tasks({"steps": torch.tensor([5, 5])}) == []  # no flag: nothing to judge
+    assert failed_tasks(solve_result([False, True, False, True])) == [1, 3]
+    unconverged = [False, False]
+    assert failed_tasks(solve_result(unconverged, converged=[False, True])) == [0]  # not converged, no budget
+    assert failed_tasks(solve_result(unconverged, converged=[False, False], truncated=[True, True])) == []  # a budget
+    assert failed_tasks(Diagnostics()) == []  # nothing to judge
     with pytest.raises(ValueError, match="--on-solver-failure must be one of warn, skip-task, stop"):
         SolverHealth("ignore")
 
@@ -71,7 +83,8 @@ def test_warn_logs_the_count_and_keeps_training(tmp_path, capsys, monkeypatch):
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     # one line per iteration at most, on the 1st, 2nd, 4th, ... iteration with failures
     assert [line.split(":")[1].strip() for line in warnings] == ["iteration 1", "iteration 2", "iteration 4"]
-    assert all("diverged for 4 of 4 tasks" in line for line in warnings)
+    assert all("4 of 4 tasks failed" in line and "the linear solve diverged in 4 of 4 systems" in line
+               for line in warnings)
 
 
 def test_stop_names_the_iteration_the_tasks_and_the_residual(tmp_path, monkeypatch):
@@ -79,7 +92,7 @@ def test_stop_names_the_iteration_the_tasks_and_the_residual(tmp_path, monkeypat
     with pytest.raises(SolverError) as info:
         train(TrainConfig(**SMALL, on_solver_failure="stop"), tmp_path, progress=False)
     message = str(info.value)
-    assert "iteration 1:" in message and "tasks [0, 1, 2, 3]" in message and "residual norm" in message
+    assert "iteration 1:" in message and "tasks [0, 1, 2, 3]" in message and "largest residual" in message
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
@@ -142,16 +155,16 @@ def test_a_nan_stops_training_naming_the_iteration_and_the_task(tmp_path, monkey
 
 def test_a_nan_returned_without_an_error_also_stops_training(tmp_path, monkeypatch):
     """Whether or not the backend raises, a non-finite result never reaches the optimizer; the
-    task comes from ``stats["task_loss"]``."""
-    real = meta_step_module.batched_hypergrad
+    task comes from ``task_loss``."""
+    real = distributed_module.batched_hypergrad
 
     def nan_in_task_3(*args, **kwargs):
         result = real(*args, **kwargs)
-        loss = result.stats["task_loss"].clone()
+        loss = result.task_loss.clone()
         loss[3] = float("nan")
-        return result._replace(loss=loss.mean(), stats={**result.stats, "task_loss": loss})
+        return result._replace(loss=loss.mean(), task_loss=loss)
 
-    monkeypatch.setattr(meta_step_module, "batched_hypergrad", nan_in_task_3)
+    monkeypatch.setattr(distributed_module, "batched_hypergrad", nan_in_task_3)
     with pytest.raises(NonFiniteError, match=r"iteration 1: .* in tasks \[3\] of the meta-batch"):
         train(TrainConfig(**{**SMALL, "method": "maml"}), tmp_path, progress=False)
     assert not (tmp_path / "checkpoint.pt").exists()

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import bilevel.fewshot.meta_step as meta_step_module
+import bilevel.distributed as distributed_module
 from bilevel.fewshot import METHODS, TrainConfig, evaluate, mean_ci95, train
 
 SMALL = dict(benchmark="sinusoid", iterations=6, val_every=3, val_tasks=4, meta_batch=4, inner_steps=2,
@@ -47,7 +47,7 @@ def test_resume_after_a_crash_equals_uninterrupted_training(tmp_path, monkeypatc
     """Killed during iteration 5 (after the checkpoint of iteration 4): resuming replays 5 and 6
     and drops the log lines written after the checkpoint."""
     train(TrainConfig(method="imaml-gd", **SMALL), tmp_path / "full", progress=False)
-    real = meta_step_module.batched_hypergrad
+    real = distributed_module.batched_hypergrad
     calls = {"n": 0}
 
     def crashing(*args, **kwargs):
@@ -56,10 +56,10 @@ def test_resume_after_a_crash_equals_uninterrupted_training(tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(meta_step_module, "batched_hypergrad", crashing)
+    monkeypatch.setattr(distributed_module, "batched_hypergrad", crashing)
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(method="imaml-gd", **SMALL), tmp_path / "crash", progress=False)
-    monkeypatch.setattr(meta_step_module, "batched_hypergrad", real)
+    monkeypatch.setattr(distributed_module, "batched_hypergrad", real)
     assert state(tmp_path / "crash")["iteration"] == 4
     train(None, tmp_path / "crash", resume=True, progress=False)
     assert_same_run(tmp_path / "full", tmp_path / "crash")
