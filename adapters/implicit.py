@@ -24,7 +24,7 @@ from bilevel.hvp import check_hvp_mode, make_hvp, resolve_hvp_mode
 from bilevel.hypergrad import HypergradBackend, Hypergradient
 from bilevel.linear_solve import CG, LinearSolver, check_linear_solver
 from bilevel.problem import Loss
-from bilevel.tree import Params, tree_detach, tree_norm, tree_sub
+from bilevel.tree import Params, tree_add, tree_detach, tree_norm, tree_sub
 from bilevel.validation import check_positive
 
 __all__ = ["Implicit", "implicit_hypergrad"]
@@ -75,15 +75,35 @@ def attach_implicit_solution(inner_loss: Loss, theta: Params, phi: Params, inner
     """``phi`` (same values) with the derivative of ``phi*(theta)`` attached for autograd and ``torch.func``.
 
     One Newton step with its value cancelled: ``phi - (s - stopgrad(s))`` where
-    ``H s = grad_phi L_in(phi, theta)`` is solved by ``linear_solver`` with ``H`` held constant.
-    Its derivative is ``-H^-1 d^2 L_in / dphi dtheta``, the implicit function theorem's
-    ``d phi* / d theta`` (and likewise for anything the inner loss closes over); its value is ``phi``.
+    ``H s = r``, ``r = grad_phi L_in(phi, theta)``, with ``H`` held constant. Its derivative is
+    ``-H^-1 d^2 L_in / dphi dtheta``, the implicit function theorem's ``d phi* / d theta`` (and
+    likewise for anything the inner loss closes over); its value is ``phi``.
+
+    ``r`` is zero at a solution, where an iterative solver stops at once and its iterations
+    carry no derivative; so ``s`` is taken as ``S(c + r) - S(c)`` for a fixed generic ``c`` (a
+    deterministic pattern as large as ``phi``), which equals ``H^-1 r`` for any solver ``S``
+    that solves its systems. Differentiating through an iterative solver's steps is exact
+    when it ran to convergence in as many steps as unknowns, approximate otherwise.
     """
     theta_const = tree_detach(theta)
     operator = _operator(inner_loss, theta_const, phi, inner_batch, hvp_mode, matvec)
     residual = grad(inner_loss)(phi, theta, inner_batch)
-    s = linear_solver(operator, residual).solution
+    offset = _generic_like(phi)
+    s = tree_sub(linear_solver(operator, tree_add(offset, residual)).solution,
+                 linear_solver(operator, offset).solution)
     return {k: phi[k] - (s[k] - s[k].detach()) for k in phi}
+
+
+def _generic_like(tree: Params) -> Params:
+    """A fixed vector with no special structure (not an eigenvector of a structured matrix),
+    scaled like ``tree``: ``sin(1 + 0.618 i)`` entry by entry, times ``1 + ||tree||``."""
+    scale = 1.0 + tree_norm(tree_detach(tree))
+    out, start = {}, 0
+    for k, v in tree.items():
+        i = torch.arange(start, start + v.numel(), dtype=v.dtype, device=v.device).reshape(v.shape)
+        out[k] = torch.sin(1.0 + 0.6180339887 * i) * scale
+        start += v.numel()
+    return out
 
 
 def _operator(inner_loss, theta, phi, inner_batch, hvp_mode, matvec):

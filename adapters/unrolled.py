@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch.func import grad_and_value
 
-from bilevel.eager import autograd_grads, eager_ok, grad_leaves
+from bilevel.eager import autograd_available, autograd_grads, eager_ok, grad_leaves
 from bilevel.hypergrad import HypergradBackend, Hypergradient, reject_inner_solution
 from bilevel.inner_solvers import func_gradient, graph_gradient
 from bilevel.tree import tree_detach
@@ -41,11 +41,16 @@ class Unrolled(HypergradBackend):
             phi = problem.solve_inner(th, inner_batch, gradient=gradient)
             return problem.outer_loss(phi, th, outer_batch), phi
 
-        if eager_ok(theta, inner_batch, outer_batch):
+        if create_graph and autograd_available():  # differentiable in theta and in what the losses close over
+            with torch.enable_grad():
+                th = grad_leaves(theta, keep_graph=True)
+                loss, phi = outer_of_theta(th, graph_gradient)
+                (g,) = autograd_grads(loss, th, create_graph=True)
+        elif not create_graph and eager_ok(theta, inner_batch, outer_batch):
             with torch.enable_grad():
                 th = grad_leaves(theta)
                 loss, phi = outer_of_theta(th, graph_gradient)
                 (g,) = autograd_grads(loss, th)
-        else:  # under a transform, or differentiable in theta (create_graph): torch.func composes with both
+        else:  # under a transform: torch.func, which composes with the enclosing one
             g, (loss, phi) = grad_and_value(lambda th: outer_of_theta(th, func_gradient), has_aux=True)(theta)
         return Hypergradient(loss if create_graph else loss.detach(), g, tree_detach(phi))

@@ -18,6 +18,7 @@ from .inner_solvers import Adam, GradientDescent, GradientDescentThenPull, Inner
 from .fixed_point import Anderson, FixedPointIteration, FixedPointResult, FixedPointSolver
 from .linear_solve import (CG, GMRES, Dense, LinearSolver, LinearSolveResult, Neumann, solve_cg,
                            solve_dense, solve_gmres, solve_neumann)
+from .minres import MINRES, solve_minres
 from .meta import imaml_problem, maml_problem, model_loss, proximal_penalty
 from .newton_cg import NewtonCG
 from .problem import BilevelProblem, FixedPointProblem
@@ -31,8 +32,8 @@ __all__ = [
     # inner solvers
     "InnerSolver", "GradientDescent", "GradientDescentThenPull", "Momentum", "Adam", "NewtonCG", "run_inner",
     # linear solvers
-    "LinearSolver", "LinearSolveResult", "CG", "Neumann", "Dense", "GMRES", "solve_cg", "solve_neumann",
-    "solve_dense", "solve_gmres",
+    "LinearSolver", "LinearSolveResult", "CG", "MINRES", "Neumann", "Dense", "GMRES", "solve_cg", "solve_minres",
+    "solve_neumann", "solve_dense", "solve_gmres",
     # fixed points
     "FixedPointProblem", "FixedPointSolver", "FixedPointIteration", "Anderson", "FixedPointResult",
     "fixed_point_hypergrad", "batched_fixed_point_hypergrad", "FixedPointImplicit", "UnrolledFixedPoint",

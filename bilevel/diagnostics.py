@@ -134,13 +134,14 @@ def failures(d: Diagnostics) -> list[Failure]:
     s = d.linear_solve
     if s is not None:
         diverged = s.diverged.bool()
-        negative = s.negative_curvature & ~s.converged & ~diverged
+        negative = s.negative_curvature & ~s.converged & ~s.truncated & ~diverged
         unconverged = ~s.converged & ~s.truncated & ~diverged & ~negative
         if bool(negative.any()):
             out.append(Failure("negative_curvature", negative, (
-                f"the linear solve met negative curvature in {of(negative)} systems and stopped there, so its "
-                "solution is wrong: the inner Hessian is indefinite (a nonconvex inner problem or a saddle point). "
-                "Use MINRES(), GMRES() or CG(negative_curvature='continue')")))
+                f"the linear solve met negative curvature and did not converge in {of(negative)} systems: the "
+                "inner Hessian is indefinite there (a nonconvex inner problem or a saddle point). CG's default, "
+                "negative_curvature='stop', stops at the first such direction with a wrong solution: use MINRES(), "
+                "GMRES() or CG(negative_curvature='continue'), and with those raise maxiter if needed")))
         if bool(diverged.any()):
             out.append(Failure("diverged", diverged, (
                 f"the linear solve diverged in {of(diverged)} systems (largest residual "

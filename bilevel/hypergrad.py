@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import inspect
-import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
@@ -83,7 +81,7 @@ class HypergradBackend(abc.ABC):
     supports_create_graph: ClassVar[bool] = False
 
     @abc.abstractmethod
-    def hypergrad(self, problem, theta: Params, inner_batch: Any, outer_batch: Any,
+    def hypergrad(self, problem: BilevelProblem | FixedPointProblem, theta: Params, inner_batch: Any, outer_batch: Any,
                   *, inner_solution: Params | None = None, create_graph: bool = False) -> Hypergradient:
         """Outer loss and hypergradient for one task. ``theta`` arrives detached unless
         ``create_graph``, when the result must stay differentiable in it."""
@@ -226,7 +224,7 @@ def _back_to(dtypes: dict[str, torch.dtype], result: Hypergradient) -> Hypergrad
 # --- Entry points.
 
 
-def hypergrad(problem, theta: Params, inner_batch: Any, outer_batch: Any, *,
+def hypergrad(problem: BilevelProblem | FixedPointProblem, theta: Params, inner_batch: Any, outer_batch: Any, *,
               backend: HypergradBackend, inner_solution: Params | None = None, inner_start: Params | None = None,
               on_failure: str = "warn", create_graph: bool = False, throw: bool | None = None) -> Hypergradient:
     """Outer loss and hypergradient ``d L_out(phi*(theta), theta) / d theta`` for one task.
@@ -278,7 +276,7 @@ def hypergrad(problem, theta: Params, inner_batch: Any, outer_batch: Any, *,
     return _back_to(half, result) if half else result
 
 
-def batched_hypergrad(problem, theta: Params, inner_batches: Any, outer_batches: Any,
+def batched_hypergrad(problem: BilevelProblem | FixedPointProblem, theta: Params, inner_batches: Any, outer_batches: Any,
                       *, backend: HypergradBackend, chunk_size: int | None = None,
                       inner_solutions: Params | None = None, inner_starts: Params | None = None,
                       vectorize: bool = True, reduction: str = "mean", on_failure: str = "warn",

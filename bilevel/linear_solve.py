@@ -472,9 +472,9 @@ def check_linear_solver(call: str, solver) -> LinearSolver:
         return solver
     hint = (f" Strings are not accepted: write {_BY_NAME[solver]}." if isinstance(solver, str) and solver in _BY_NAME
             else "")
-    raise TypeError(f"{call}: linear_solver must be a LinearSolver such as CG(maxiter=5), Neumann(alpha=0.1, "
+    raise TypeError(f"{call}: linear_solver must be a LinearSolver such as CG(maxiter=5), MINRES(), Neumann(alpha=0.1, "
                     f"steps=20), GMRES() or Dense(), got {type(solver).__name__} ({solver!r}).{hint} A custom solver "
                     "subclasses bilevel.LinearSolver and implements __call__(matvec, b, init=None).")
 
 
-_BY_NAME = {"cg": "CG()", "neumann": "Neumann()", "dense": "Dense()", "gmres": "GMRES()"}
+_BY_NAME = {"cg": "CG()", "minres": "MINRES()", "neumann": "Neumann()", "dense": "Dense()", "gmres": "GMRES()"}
