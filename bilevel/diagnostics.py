@@ -75,10 +75,13 @@ class FixedPointStationarity(NamedTuple):
 
 
 def stationarity(kind: type, residual_norm: Tensor, reference_norm: Tensor, rtol: float | None,
-                 atol: float = 0.0):
+                 atol: float | None = None):
     """``kind(residual, reference, stationary)`` with ``stationary`` judged by ``rtol``/``atol``
-    (``rtol=None``: not judged, always ``True``)."""
+    (``rtol=None``: not judged, always ``True``). ``atol`` defaults to ``1000 eps`` of the dtype
+    (2e-13 in float64, 1e-4 in float32), a floor for a start that is already a solution."""
     residual_norm, reference_norm = residual_norm.detach(), reference_norm.detach()
+    if atol is None:
+        atol = 1000 * torch.finfo(residual_norm.dtype).eps
     if rtol is None:
         ok = torch.ones_like(residual_norm, dtype=torch.bool)
     else:
