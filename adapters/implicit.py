@@ -64,8 +64,10 @@ def implicit_hypergrad(inner_loss: Loss, outer_loss: Loss, theta: Params, phi: P
         (mixed,) = mixed_vjp(solve.solution)
         g = tree_sub(g_theta, mixed)
     residual = tree_norm(tree_detach(inner_grad))
-    reference = residual if phi_start is None else _grad_norm(inner_loss, phi_start, theta, inner_batch)
-    stat = stationarity(InnerStationarity, residual, reference, None if phi_start is None else stationarity_rtol)
+    judged = phi_start is not None and stationarity_rtol is not None
+    # The reference costs one more gradient, so it is taken only to judge (NaN: not measured).
+    reference = _grad_norm(inner_loss, phi_start, theta, inner_batch) if judged else torch.full_like(residual, float("nan"))
+    stat = stationarity(InnerStationarity, residual, reference, stationarity_rtol if judged else None)
     diagnostics = Diagnostics(linear_solve=solve._replace(solution={}), stationarity=stat)
     return Hypergradient(loss if create_graph else loss.detach(), g, tree_detach(phi), diagnostics)
 

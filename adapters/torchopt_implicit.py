@@ -117,6 +117,9 @@ class TorchoptImplicit(AutogradAdapter):
             result = self.result(problem.outer_loss(phi, th, outer_batch), th, phi_star)
         residual = tree_norm(tree_detach(dict(zip(names, optimality(tuple(phi_star.values()),
                                                                         tuple(tree_detach(theta).values()))))))
-        reference = _grad_norm(problem.inner_loss, problem.init_inner(theta), theta, inner_batch)
+        if self.stationarity_rtol is None:  # not judged: the reference's gradient is not taken
+            reference = torch.full_like(residual, float("nan"))
+        else:
+            reference = _grad_norm(problem.inner_loss, problem.init_inner(theta), theta, inner_batch)
         stat = stationarity(InnerStationarity, residual, reference, self.stationarity_rtol)
         return result._replace(diagnostics=Diagnostics(linear_solve=record[-1] if record else None, stationarity=stat))

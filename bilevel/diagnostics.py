@@ -51,7 +51,8 @@ class InnerStationarity(NamedTuple):
 
     Attributes:
         residual_norm: ``||grad_phi L_in(phi, theta)||``.
-        reference_norm: the same at the inner solver's start ``phi_0``.
+        reference_norm: the same at the inner solver's start ``phi_0`` (NaN where not judged:
+            it costs one more gradient).
         stationary: ``residual_norm <= max(rtol * reference_norm, atol)``.
     """
 
@@ -107,7 +108,6 @@ class Diagnostics(NamedTuple):
                        forward_residual=f.residual_norm)
         if isinstance(self.stationarity, InnerStationarity):
             out.update(inner_grad_norm=self.stationarity.residual_norm,
-                       inner_grad_norm_start=self.stationarity.reference_norm,
                        inner_stationary=self.stationarity.stationary)
         elif isinstance(self.stationarity, FixedPointStationarity):
             out.update(fixed_point_residual=self.stationarity.residual_norm,
