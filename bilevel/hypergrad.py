@@ -131,8 +131,8 @@ def _check_call(call: str, problem, theta, backend) -> None:
         raise TypeError(f"{call}: backend must be a HypergradBackend such as Implicit() or "
                         f"Unrolled(), got {type(backend).__name__} ({backend!r}).")
     if not isinstance(theta, Mapping):
-        raise TypeError(f"{call}: theta must be a dict[str, Tensor] (e.g. dict(model.named_parameters()) or "
-                        f"bilevel.module_params(model)), got {type(theta).__name__}.")
+        raise TypeError(f"{call}: theta must be a dict[str, Tensor] (e.g. dict(model.named_parameters())), "
+                        f"got {type(theta).__name__}.")
     for k, v in theta.items():
         if not isinstance(v, Tensor):
             raise TypeError(f"{call}: theta[{k!r}] is a {type(v).__name__} ({v!r}), not a Tensor; write e.g. "

@@ -84,7 +84,8 @@ def solve_minres(matvec: Matvec, b: Params, *, init: Params | None = None, maxit
         b: the right-hand side, a dict of tensors.
         init: starting point ``x_0`` (``None``: zero).
         maxiter: iterations (matvecs) at most; ``None``: the number of unknowns.
-        tol, atol: stop once ``||b - A x|| <= max(tol ||b||, atol)``.
+        tol: stop once ``||b - A x|| <= max(tol ||b||, atol)``.
+        atol: the absolute floor of that test.
         ridge: solve ``(A + ridge I) x = b``.
         truncated: ``maxiter`` is a deliberate budget, reported as ``truncated``, not failure.
         throw: raise :class:`~bilevel.SolverError` when not converged (outside ``vmap`` only).

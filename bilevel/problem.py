@@ -97,7 +97,7 @@ class BilevelProblem:
         if isinstance(init, torch.nn.Module):
             raise TypeError(f"BilevelProblem: inner_init got a module ({type(init).__name__}); it takes the "
                             "starting point as a dict of tensors, e.g. inner_init={k: p.detach().clone() for k, p "
-                            "in model.named_parameters()} (see bilevel.module_params), 'theta', or a callable "
+                            "in model.named_parameters()}, 'theta', or a callable "
                             "theta -> phi_0.")
         if isinstance(init, str) and init != "theta":
             raise ValueError(f"BilevelProblem: inner_init={init!r} is unknown; use 'theta', a callable "

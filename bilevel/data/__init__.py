@@ -3,7 +3,7 @@
 See ``docs/data.md`` for where the data go, the cache and the Omniglot split.
 """
 
-from ._common import DataError, resolve_data_root
+from .common import DataError, resolve_data_root
 from .episodes import ClassImages, EpisodeBatch, EpisodeSampler
 from .miniimagenet import check_miniimagenet_source, load_miniimagenet
 from .omniglot import OmniglotSplits, check_omniglot_source, load_omniglot, omniglot_splits

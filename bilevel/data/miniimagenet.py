@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ._common import DataError, resolve_data_root
+from .common import DataError, resolve_data_root
 from .episodes import ClassImages
 
 __all__ = ["load_miniimagenet", "check_miniimagenet_source"]

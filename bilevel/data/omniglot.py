@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ._common import (
+from .common import (
     DataError,
     atomic_torch_save,
     dir_is_writable,

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..data._common import atomic_torch_save
+from ..data.common import atomic_torch_save
 from ..errors import NonFiniteError
 
 __all__ = ["CHECKPOINT", "CheckpointError", "Progress", "Checkpointer", "save_checkpoint", "load_checkpoint"]

@@ -432,7 +432,7 @@ def differences_from_paper(c: TrainConfig) -> list[str]:
 
 def save_config(config: TrainConfig, path: Path) -> None:
     """The configuration as JSON, with ``differences_from_paper`` (not read back); written atomically."""
-    from ..data._common import atomic_write_text
+    from ..data.common import atomic_write_text
 
     data = {**dataclasses.asdict(config), "differences_from_paper": differences_from_paper(config)}
     atomic_write_text(json.dumps(data, indent=2) + "\n", Path(path))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..data._common import atomic_write_text
+from ..data.common import atomic_write_text
 
 __all__ = ["MetricsLog", "stats_record"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..data._common import atomic_write_text
+from ..data.common import atomic_write_text
 from ..devices import resolve_device
 from ..distributed import World, all_gather_tasks, init_world, take_share, task_share
 from ..hypergrad import map_tasks, num_tasks
@@ -97,7 +97,7 @@ def evaluate_params(benchmark, model, problem, theta, sampler, num_tasks, meta_b
     return torch.cat(scores)
 
 
-def _vectorize(setting: str, device: torch.device, benchmark) -> bool:
+def resolve_vectorize(setting: str, device: torch.device, benchmark) -> bool:
     """``auto``: one ``vmap`` over the meta-batch, except for conv nets on a CPU, where ``vmap``'s
     batched (grouped) convolutions are slower than a loop over tasks (3.5 s vs 2.9 s for 8
     Omniglot MAML tasks here) and hold every task's graph at once (19 GB for 32 tasks)."""
@@ -238,7 +238,7 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
     config = _run_config(config, run_dir, resume, iterations)
     if config.memory_budget_mb is not None:  # before any work
         budget_device = resolve_device(config.device)
-        check_measurable(budget_device, _vectorize(config.vectorize, budget_device, BENCHMARKS[config.benchmark]))
+        check_measurable(budget_device, resolve_vectorize(config.vectorize, budget_device, BENCHMARKS[config.benchmark]))
     benchmark, model, method, device = setup(config)
     world = init_world(device)  # torchrun: join the process group; else one process
     if world.is_main:
@@ -254,7 +254,7 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
     if world.is_main:
         save_config(config, run_dir / "config.json")
 
-    vectorize = _vectorize(config.vectorize, device, benchmark)
+    vectorize = resolve_vectorize(config.vectorize, device, benchmark)
     params = dict(model.named_parameters())
     chunk_size = config.chunk_size
     if config.memory_budget_mb is not None:
@@ -338,7 +338,7 @@ def evaluate(run_dir: str | os.PathLike, *, tasks: int | None = None, split: str
     stopwatch = Stopwatch(device)
     stopwatch.start()
     scores = evaluate_params(benchmark, model, method.eval_problem, dict(model.named_parameters()), sampler, tasks,
-                             config.meta_batch, device, chunk_size, _vectorize(config.vectorize, device, benchmark),
+                             config.meta_batch, device, chunk_size, resolve_vectorize(config.vectorize, device, benchmark),
                              progress=progress and world.is_main, world=world)
     mean, ci = mean_ci95(scores)
     result = {"method": config.method, "benchmark": config.benchmark, "ways": config.ways, "shots": config.shots,

@@ -39,14 +39,14 @@ def measure_point(method: str, steps: int, ways: int, shots: int, meta_batch: in
     """One method at one number of inner steps, in this process."""
     from ..fewshot.benchmarks import batch_to_tasks
     from ..fewshot.config import TrainConfig, resolve
-    from ..fewshot.trainer import _vectorize, setup
+    from ..fewshot.trainer import resolve_vectorize, setup
     from ..hypergrad import batched_hypergrad
 
     config = resolve(TrainConfig(benchmark="omniglot", method=method, ways=ways, shots=shots, inner_steps=steps,
                                  meta_batch=meta_batch, device=device, data_root=data_root, vectorize=vectorize))
     benchmark, model, m, dev = setup(config)
     sampler = benchmark.sampler("train", config.seed)
-    vectorized = _vectorize(config.vectorize, dev, benchmark)
+    vectorized = resolve_vectorize(config.vectorize, dev, benchmark)
     batches = [batch_to_tasks(sampler.sample(meta_batch), dev) for _ in range(repeats + 1)]
     params = dict(model.named_parameters())
     cuda = dev.type == "cuda"

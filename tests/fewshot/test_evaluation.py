@@ -9,7 +9,7 @@ import pytest
 from bilevel.fewshot import TrainConfig, evaluate, evaluate_params, mean_ci95, train
 from bilevel.fewshot.checkpoint import load_checkpoint
 from bilevel.fewshot.config import load_config, resolve
-from bilevel.fewshot.trainer import _vectorize, is_improvement, setup
+from bilevel.fewshot.trainer import resolve_vectorize, is_improvement, setup
 
 SMALL = dict(benchmark="sinusoid", method="fomaml", val_tasks=4, meta_batch=4, inner_steps=2, eval_tasks=8,
              device="cpu")
@@ -22,7 +22,7 @@ def scores_on(run_dir, split, tasks):
     model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
     return evaluate_params(benchmark, model, method.eval_problem, dict(model.named_parameters()),
                            benchmark.sampler(split, config.seed), tasks, config.meta_batch, device,
-                           config.chunk_size, _vectorize(config.vectorize, device, benchmark))
+                           config.chunk_size, resolve_vectorize(config.vectorize, device, benchmark))
 
 
 def test_evaluate_scores_the_split_it_reports(tmp_path):
