@@ -22,7 +22,7 @@ from torch.func import grad_and_value, vjp
 
 from bilevel.diagnostics import Diagnostics, FixedPointStationarity, stationarity
 from bilevel.hypergrad import HypergradBackend, Hypergradient, reject_create_graph
-from bilevel.linear_solve import GMRES, LinearSolver, check_linear_solver
+from bilevel.solvers.linear import GMRES, LinearSolver, check_linear_solver
 from bilevel.problem import FixedPointProblem
 from bilevel.tree import Params, tree_add, tree_detach, tree_norm, tree_sub
 from bilevel.validation import check_positive

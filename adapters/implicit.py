@@ -22,7 +22,7 @@ from bilevel.diagnostics import Diagnostics, InnerStationarity, stationarity
 from bilevel.eager import autograd_grads, eager_ok, grad_leaves
 from bilevel.hvp import check_hvp_mode, make_hvp, resolve_hvp_mode
 from bilevel.hypergrad import HypergradBackend, Hypergradient
-from bilevel.linear_solve import CG, LinearSolver, check_linear_solver
+from bilevel.solvers.linear import CG, LinearSolver, check_linear_solver
 from bilevel.problem import Loss
 from bilevel.tree import Params, tree_add, tree_detach, tree_norm, tree_sub
 from bilevel.validation import check_positive

@@ -10,7 +10,7 @@ import torch
 
 from bilevel.diagnostics import Diagnostics, InnerStationarity, stationarity
 from bilevel.hypergrad import AutogradAdapter, reject_create_graph
-from bilevel.linear_solve import CG, LinearSolveResult, Neumann, budget_truncated, threshold
+from bilevel.solvers.linear import CG, LinearSolveResult, Neumann, budget_truncated, threshold
 from bilevel.tree import tree_detach, tree_norm
 from bilevel.validation import check_positive
 
@@ -77,7 +77,10 @@ class TorchoptImplicit(AutogradAdapter):
                 xs, bs = (x if isinstance(x, tuple) else (x,)), (b if isinstance(b, tuple) else (b,))
                 res = torch.sqrt(sum(((bi - (ai + ridge * xi)) ** 2).sum() for bi, ai, xi in zip(bs, ax, xs)))
                 b_norm = torch.sqrt(sum((bi ** 2).sum() for bi in bs))
-            converged = res <= threshold(b_norm, s.tol, s.atol)
+                ax_norm = torch.sqrt(sum(((ai + ridge * xi) ** 2).sum() for ai, xi in zip(ax, xs)))
+                # The true residual of a float32 solve cannot fall below rounding: ~eps (||Ax|| + ||b||).
+                rounding = 100 * torch.finfo(b_norm.dtype).eps * (ax_norm + b_norm)
+            converged = res <= torch.maximum(threshold(b_norm, s.tol, s.atol), rounding)
             diverged = ~torch.isfinite(res)
             record.append(LinearSolveResult(
                 solution={}, converged=converged, steps=torch.tensor(budget), residual_norm=res,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch.func import grad_and_value
 
 from bilevel.hypergrad import HypergradBackend, Hypergradient, reject_inner_solution, reject_create_graph
-from bilevel.inner_solvers import check_steps, detached_gradient, run_inner
+from bilevel.solvers.inner import check_steps, detached_gradient, run_inner
 from bilevel.tree import tree_detach
 
 __all__ = ["TruncatedUnrolled"]

@@ -10,7 +10,7 @@ from torch.func import grad_and_value
 
 from bilevel.eager import autograd_available, autograd_grads, eager_ok, grad_leaves
 from bilevel.hypergrad import HypergradBackend, Hypergradient, reject_inner_solution
-from bilevel.inner_solvers import func_gradient, graph_gradient
+from bilevel.solvers.inner import func_gradient, graph_gradient
 from bilevel.tree import tree_detach
 
 __all__ = ["Unrolled"]

@@ -22,7 +22,7 @@ from bilevel import GradientDescent, NewtonCG, make_ggn
 from bilevel.fewshot import make_benchmark
 from bilevel.fewshot.benchmarks import batch_to_tasks
 from bilevel.fewshot.checkpoint import load_checkpoint
-from bilevel.inner_solvers import run_inner
+from bilevel.solvers.inner import run_inner
 from bilevel.meta import proximal_penalty
 from bilevel.tree import tree_dot
 

@@ -44,7 +44,7 @@ import torch
 from torch.func import grad, vjp, vmap
 
 from bilevel import CG, GMRES, Dense, Momentum, Neumann, make_hvp, run_inner
-from bilevel.minres import MINRES
+from bilevel.solvers.minres import MINRES
 from bilevel.tree import tree_norm, tree_ravel, tree_unravel
 
 DTYPE = torch.float64

@@ -42,7 +42,7 @@ from bilevel import (CG, GMRES, MINRES, Anderson, BilevelProblem, FixedPointImpl
                      FixedPointProblem, GradientDescent, Implicit, Neumann, NewtonCG, TorchoptImplicit, Unrolled,
                      batched_hypergrad, hypergrad, map_tasks, maml_problem, model_loss)
 from bilevel.hvp import resolve_hvp_mode
-from bilevel.inner_solvers import detached_gradient, run_inner
+from bilevel.solvers.inner import detached_gradient, run_inner
 
 D = torch.float64
 CASES: list = []

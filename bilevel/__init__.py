@@ -14,13 +14,13 @@ from .errors import NonFiniteError, SolverError
 from .hvp import hvp, make_ggn, make_hvp
 from .hypergrad import (AutogradAdapter, HypergradBackend, Hypergradient, batched_fixed_point_hypergrad,
                         batched_hypergrad, fixed_point_hypergrad, hypergrad, map_tasks, reject_inner_solution)
-from .inner_solvers import Adam, GradientDescent, GradientDescentThenPull, InnerSolver, Momentum, run_inner
-from .fixed_point import Anderson, FixedPointIteration, FixedPointResult, FixedPointSolver
-from .linear_solve import (CG, GMRES, Dense, LinearSolver, LinearSolveResult, Neumann, solve_cg,
+from .solvers.inner import Adam, GradientDescent, GradientDescentThenPull, InnerSolver, Momentum, run_inner
+from .solvers.fixed_point import Anderson, FixedPointIteration, FixedPointResult, FixedPointSolver
+from .solvers.linear import (CG, GMRES, Dense, LinearSolver, LinearSolveResult, Neumann, solve_cg,
                            solve_dense, solve_gmres, solve_neumann)
-from .minres import MINRES, solve_minres
+from .solvers.minres import MINRES, solve_minres
 from .meta import imaml_problem, maml_problem, model_loss, proximal_penalty
-from .newton_cg import NewtonCG
+from .solvers.newton_cg import NewtonCG
 from .problem import BilevelProblem, FixedPointProblem
 from .tree import Params
 

@@ -34,8 +34,8 @@ from torch import nn
 
 from .devices import resolve_device
 from .hypergrad import batched_hypergrad
-from .inner_solvers import GradientDescent
-from .linear_solve import CG
+from .solvers.inner import GradientDescent
+from .solvers.linear import CG
 from .meta import imaml_problem, maml_problem, model_loss
 from .adapters import Implicit, Unrolled
 

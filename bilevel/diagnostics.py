@@ -31,8 +31,8 @@ from torch import Tensor
 
 from .eager import values_readable
 from .errors import SolverError
-from .fixed_point import FixedPointResult
-from .linear_solve import LinearSolveResult
+from .solvers.fixed_point import FixedPointResult
+from .solvers.linear import LinearSolveResult
 from .tree import nested_leaves
 from .validation import check_choice
 
@@ -142,9 +142,10 @@ def failures(d: Diagnostics) -> list[Failure]:
         if bool(negative.any()):
             out.append(Failure("negative_curvature", negative, (
                 f"the linear solve met negative curvature and did not converge in {of(negative)} systems: the "
-                "inner Hessian is indefinite there (a nonconvex inner problem or a saddle point). CG's default, "
-                "negative_curvature='stop', stops at the first such direction with a wrong solution: use MINRES(), "
-                "GMRES() or CG(negative_curvature='continue'), and with those raise maxiter if needed")))
+                "inner Hessian is indefinite there (a nonconvex inner problem or a saddle point). If the solver is "
+                "MINRES, GMRES or CG(negative_curvature='continue'), which handle indefinite systems, raise maxiter. "
+                "If it is CG with its default negative_curvature='stop', it stopped at the first such direction with "
+                "a wrong solution: use MINRES(), GMRES() or CG(negative_curvature='continue') instead")))
         if bool(diverged.any()):
             out.append(Failure("diverged", diverged, (
                 f"the linear solve diverged in {of(diverged)} systems (largest residual "

@@ -14,6 +14,7 @@ code of our own: one ``all_reduce`` and one ``all_gather``.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from torch import Tensor
 from .hypergrad import Hypergradient, batched_hypergrad, num_tasks
 from .tree import Params, nested_map
 
-__all__ = ["World", "init_world", "task_share", "take_share", "all_gather_tasks", "distributed_hypergrad",
+__all__ = ["World", "init_world", "leave_world", "task_share", "take_share", "all_gather_tasks", "distributed_hypergrad",
            "reduce_hypergrad"]
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
@@ -62,7 +63,10 @@ def init_world(device: torch.device, timeout: datetime.timedelta = DEFAULT_TIMEO
     ``RANK``, ``MASTER_ADDR``...); a plain single process gets ``World(0, 1)``.
 
     gloo on CPU, NCCL on CUDA (each rank on ``cuda:LOCAL_RANK``); collectives time out after
-    ``timeout``, so a rank that died ends the others with an error instead of a hang.
+    ``timeout``, so a rank that died ends the others with an error instead of a hang. The group
+    is destroyed at interpreter exit (:func:`leave_world`): a gloo group left alive can abort
+    the process as it exits (``terminate called without an active exception``, exit -6), so
+    a job whose every rank finished would still fail.
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
@@ -74,7 +78,14 @@ def init_world(device: torch.device, timeout: datetime.timedelta = DEFAULT_TIMEO
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend, timeout=timeout)
+        atexit.register(leave_world)
     return World(dist.get_rank(), dist.get_world_size())
+
+
+def leave_world() -> None:
+    """Destroy the process group, if one is joined (a no-op otherwise, so safe to call twice)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def task_share(num_tasks: int, world: World) -> slice:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .inner_solvers import InnerSolver
+from .solvers.inner import InnerSolver
 from .problem import BilevelProblem, Curvature
 from .tree import Params, check_same_keys
 

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .fixed_point import FixedPointResult, FixedPointSolver, Map, check_map_output
-from .inner_solvers import Gradient, InnerSolver, detached_gradient, func_gradient, run_inner
+from .solvers.fixed_point import FixedPointResult, FixedPointSolver, Map, check_map_output
+from .solvers.inner import Gradient, InnerSolver, detached_gradient, func_gradient, run_inner
 from .tree import Params, check_same_keys, tree_detach
 
 __all__ = ["BilevelProblem", "FixedPointProblem", "InnerObjective", "Loss", "Curvature", "Map"]
@@ -129,7 +129,7 @@ class BilevelProblem:
     def solve_inner(self, theta: Params, batch, detach: bool = False, gradient: Gradient | None = None) -> Params:
         """Run the inner solver from ``init_inner(theta)``.
 
-        ``detach=True`` keeps no graph (steps take :func:`~bilevel.inner_solvers.detached_gradient`);
+        ``detach=True`` keeps no graph (steps take :func:`~bilevel.solvers.inner.detached_gradient`);
         otherwise the result is differentiable in ``theta`` through every step (by default with
         ``torch.func``; a backend may pass another ``gradient``).
         """
@@ -169,7 +169,7 @@ class BilevelProblem:
 class InnerObjective:
     """``phi -> L_in(phi, theta, batch)`` for one ``theta`` and batch: what inner solvers minimize.
 
-    ``gradient`` is how steps differentiate it (:func:`~bilevel.inner_solvers.objective_grad`),
+    ``gradient`` is how steps differentiate it (:func:`~bilevel.solvers.inner.objective_grad`),
     chosen by the backend that runs the solve. ``curvature(phi)`` is the problem's
     ``inner_curvature`` at ``phi`` (``None`` if it has none: solvers then use the Hessian of
     this function).

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from bilevel.adapters import FixedPointImplicit
 from bilevel import Anderson, FixedPointProblem, fixed_point_hypergrad
-from bilevel.linear_solve import GMRES
+from bilevel.solvers.linear import GMRES
 
 HIDDEN = 32
 MAX_NORM = 0.9  # spectral norm bound on W: the layer is a contraction with factor <= 0.9

@@ -169,13 +169,13 @@ def test_a_detached_solve_leaves_a_nested_maml_solve_second_order():
                            inner_init=lambda th: {"w": w0.clone()})
 
     def spy(f, phi):  # record the gradient the outer detached step takes at w0
-        from bilevel.inner_solvers import detached_gradient
+        from bilevel.solvers.inner import detached_gradient
         g, v = detached_gradient(f, phi)
         seen.append(g["w"] - (phi["w"] - theta["w"]))
         return g, v
 
     theta = {"w": torch.zeros(3, dtype=DT)}
-    from bilevel.inner_solvers import run_inner
+    from bilevel.solvers.inner import run_inner
     run_inner(outer.inner_solver, outer.objective(theta, None, spy), {"w": w0.clone()}, detach=True)
     assert float((seen[0] - reference).norm()) < 1e-12
     hypergrad(outer, theta, None, None, backend=FirstOrder())  # and through a backend: runs, same mode

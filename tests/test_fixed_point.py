@@ -10,7 +10,7 @@ from bilevel import CG, BilevelProblem, Dense, Neumann, SolverError
 from bilevel.adapters import FixedPointImplicit, UnrolledFixedPoint
 from bilevel import (Anderson, FixedPointIteration, FixedPointProblem, batched_fixed_point_hypergrad,
                                  fixed_point_hypergrad)
-from bilevel.linear_solve import GMRES, check_linear_solver, solve_gmres
+from bilevel.solvers.linear import GMRES, check_linear_solver, solve_gmres
 from problems import DTYPE, rel_err, ridge_data, ridge_exact
 
 EXACT_RTOL = 1e-10  # converged solves of a well-conditioned linear system in float64

@@ -66,7 +66,7 @@ from bilevel import (CG, GMRES, BilevelProblem, Dense, GradientDescent, HigherUn
 from bilevel.diagnostics import failures
 
 try:
-    from bilevel.minres import MINRES
+    from bilevel.solvers.minres import MINRES
 except ImportError:  # written concurrently; the fuzz runs without it
     MINRES = None
 

@@ -147,7 +147,7 @@ def test_newton_cg_uses_the_problems_curvature():
 def test_detached_steps_take_plain_autograd_with_the_same_numbers(solver):
     """run_inner(detach=True) outside torch.func transforms computes gradients with torch.autograd
     (faster); the result equals the torch.func path's, alone and under vmap over tasks."""
-    from bilevel import inner_solvers
+    from bilevel.solvers import inner as inner_solvers
 
     calls = []
     real = torch.autograd.grad

@@ -18,9 +18,9 @@ _spec.loader.exec_module(ig)
 _MODULES, _EDGES, _RESULTS = ig.graph()
 
 _WHY = {
-    "forbidden": "the numerics and backends (layers 0-2) import fewshot/data/cli/reproduce/bench",
+    "forbidden": "the library below the applications (solvers, problems, backends) imports fewshot/data/cli/reproduce/bench",
     "upward": "a module imports a module of a higher layer",
-    "facade": "layers 0-2 import the `bilevel` facade; import the module that defines the name instead",
+    "facade": "the library below the applications imports the `bilevel` facade; import the module that defines the name instead",
     "cycles": "import cycle (module-level and lazy imports)",
     "private": "a private name or module is imported from another package; make it public there, or move it",
     "unlayered": "modules without a layer: add them to LAYERS in benchmarks/import_graph.py",

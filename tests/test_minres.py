@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from torch.func import vmap
 
 from bilevel import SolverError, solve_cg, solve_gmres
-from bilevel.linear_solve import LinearSolveResult, check_linear_solver
-from bilevel.minres import MINRES, solve_minres
+from bilevel.solvers.linear import LinearSolveResult, check_linear_solver
+from bilevel.solvers.minres import MINRES, solve_minres
 
 DTYPE = torch.float64
 HAS_TRUNCATED = "truncated" in LinearSolveResult._fields

@@ -38,7 +38,7 @@ LEVEL3_STEPS = 24  # gradient descent on L3 at lr 0.42 contracts by 0.17 a step:
 def level3_backends():
     out = [("unrolled", Unrolled()), ("implicit-cg", Implicit(CG(tol=1e-14))), ("implicit-dense", Implicit(Dense()))]
     try:
-        from bilevel.minres import MINRES
+        from bilevel.solvers.minres import MINRES
     except ImportError:
         return out
     out.append(("implicit-minres", Implicit(MINRES(tol=1e-14))))

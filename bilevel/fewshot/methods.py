@@ -27,12 +27,12 @@ from typing import NamedTuple
 
 from ..adapters import (FirstOrder, HigherUnrolled, Implicit, Reptile, TorchoptImplicit, TruncatedUnrolled,
                         Unrolled)
-from ..inner_solvers import GradientDescent, GradientDescentThenPull, Momentum
+from ..solvers.inner import GradientDescent, GradientDescentThenPull, Momentum
 from ..hvp import make_ggn
-from ..linear_solve import CG
+from ..solvers.linear import CG
 from ..problem import BilevelProblem
 from ..meta import imaml_problem, maml_problem
-from ..newton_cg import NewtonCG
+from ..solvers.newton_cg import NewtonCG
 
 
 __all__ = ["METHODS", "BACKENDS", "Method", "MethodSetup", "build_method", "OFFICIAL_LAM_DAMPING"]

@@ -26,8 +26,8 @@ from torch.func import grad
 
 from ..adapters import FirstOrder, Implicit, Unrolled
 from ..hypergrad import hypergrad
-from ..inner_solvers import GradientDescent
-from ..linear_solve import CG, Neumann
+from ..solvers.inner import GradientDescent
+from ..solvers.linear import CG, Neumann
 from ..meta import imaml_problem
 
 __all__ = ["gradient_error", "main"]
@@ -88,7 +88,8 @@ def gradient_error(max_steps: int = 20, **problem_kwargs) -> list[dict]:
             row.update(imaml_cg=1.0, neumann=1.0, maml=_rel_err(v_theta, exact), fomaml=_rel_err(v_theta, exact))
         else:
             solved = imaml_problem(task_loss, lam, None)
-            for name, solver in (("imaml_cg", CG(maxiter=k, tol=0.0)), ("neumann", Neumann(alpha=1 / L, steps=k, tol=0.0))):
+            for name, solver in (("imaml_cg", CG(maxiter=k, tol=0.0, truncated=True)),
+                                 ("neumann", Neumann(alpha=1 / L, steps=k, tol=0.0, truncated=True))):
                 r = hypergrad(solved, theta, train, test, backend=Implicit(solver), inner_solution=phi_star)
                 row[name] = _rel_err(r.grad, exact)
             unrolled = imaml_problem(task_loss, lam, GradientDescent(lr=1 / L, steps=k))

@@ -11,7 +11,7 @@ import torch
 import bilevel.distributed as distributed_module
 import bilevel.fewshot.trainer as trainer_module
 from bilevel.diagnostics import Diagnostics
-from bilevel.linear_solve import LinearSolveResult
+from bilevel.solvers.linear import LinearSolveResult
 from bilevel.errors import NonFiniteError, SolverError
 from bilevel.fewshot import TrainConfig, train
 from bilevel.fewshot.checkpoint import load_checkpoint

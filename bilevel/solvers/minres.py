@@ -7,7 +7,7 @@ first direction with ``p^T H p <= 0``. MINRES needs only symmetry: it builds the
 basis as CG (one matvec and a few vectors per iteration, no growing memory as in GMRES) and
 returns the iterate of the Krylov space that minimizes ``||b - A x||``.
 
-Invariants (those of :mod:`bilevel.linear_solve`): no Python control flow on tensor values, a
+Invariants (those of :mod:`bilevel.solvers.linear`): no Python control flow on tensor values, a
 fixed number of iterations that freeze once converged (so a batch of systems solves under
 ``torch.func.vmap``), early return outside ``vmap``, every operation a differentiable torch op,
 and a :class:`~bilevel.LinearSolveResult` that reports failure instead of hiding it.
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .eager import known_true
-from .linear_solve import (LinearSolver, LinearSolveResult, Matvec, _raise_if_failed, budget_truncated,
+from ..eager import known_true
+from .linear import (LinearSolver, LinearSolveResult, Matvec, _raise_if_failed, budget_truncated,
                            threshold)
-from .tree import Params, tree_axpy, tree_dot, tree_numel, tree_scale, tree_sub, tree_where, tree_zeros_like
-from .validation import check_flag, check_int, check_nonnegative
+from ..tree import Params, tree_axpy, tree_dot, tree_numel, tree_scale, tree_sub, tree_where, tree_zeros_like
+from ..validation import check_flag, check_int, check_nonnegative
 
 __all__ = ["solve_minres", "MINRES"]
 

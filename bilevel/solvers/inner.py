@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value
 
-from .eager import autograd_available, autograd_grads, grad_leaves
-from .tree import Params, tree_axpy, tree_detach, tree_zeros_like
-from .validation import check_positive, check_int, check_unit_interval
+from ..eager import autograd_available, autograd_grads, grad_leaves
+from ..tree import Params, tree_axpy, tree_detach, tree_zeros_like
+from ..validation import check_positive, check_int, check_unit_interval
 
 __all__ = [
     "InnerSolver",

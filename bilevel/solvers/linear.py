@@ -29,10 +29,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .eager import known_true
-from .errors import SolverError
-from .validation import check_choice, check_flag, check_int, check_nonnegative, check_positive
-from .tree import (Params, tree_axpy, tree_dot, tree_numel, tree_ravel, tree_sub,
+from ..eager import known_true
+from ..errors import SolverError
+from ..validation import check_choice, check_flag, check_int, check_nonnegative, check_positive
+from ..tree import (Params, tree_axpy, tree_dot, tree_numel, tree_ravel, tree_scale, tree_sub,
                    tree_unravel, tree_where, tree_zeros_like)
 
 __all__ = [
@@ -187,7 +187,7 @@ def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: 
 
 def solve_neumann(matvec: Matvec, b: Params, *, init: Params | None = None, alpha: float = 1.0,
                   steps: int = 10, tol: float = 1e-10, atol: float = 0.0, truncated: bool = False,
-                  throw: bool = False) -> LinearSolveResult:
+                  spectral_check: int = 0, throw: bool = False) -> LinearSolveResult:
     """Truncated Neumann series ``x = x_0 + alpha * sum_{k<steps} (I - alpha A)^k (b - A x_0)``.
 
     With ``init=None`` (``x_0 = 0``) this is ``alpha * sum_k (I - alpha A)^k b``; from ``x_0`` it
@@ -201,6 +201,15 @@ def solve_neumann(matvec: Matvec, b: Params, *, init: Params | None = None, alph
     grows it grows forever, and it eventually grows iff some ``|1 - alpha lambda_i| > 1``.
     ``truncated=True`` declares ``steps`` a deliberate budget (a K-term series).
 
+    A short budget cannot see divergence in its residuals (a component growing by 1.1 per step
+    hides behind those that shrink), so ``spectral_check=m > 0`` runs ``m`` extra matvecs of
+    power iteration from ``b``: its Rayleigh quotient ``rho = v^T A v / v^T v`` satisfies
+    ``|rho| <= max |lambda_i(A)|`` for symmetric ``A``, so ``alpha * rho >= 2`` (a component with
+    ``|1 - alpha lambda| >= 1``) proves the series diverges and ``rho < 0`` proves ``A`` is not
+    positive definite; either is reported (``diverged``, ``negative_curvature``) and the budget
+    is then not ``truncated`` but failed. The test only proves failure: an ``alpha`` just
+    above ``2 / lambda_max`` with a poor estimate can pass it.
+
     Example:
         >>> import torch
         >>> res = solve_neumann(lambda v: {"x": 0.5 * v["x"]}, {"x": torch.ones(2)}, alpha=1.0, steps=60)
@@ -211,6 +220,7 @@ def solve_neumann(matvec: Matvec, b: Params, *, init: Params | None = None, alph
     check_positive("solve_neumann", "alpha", alpha)
     check_nonnegative("solve_neumann", "tol", tol)
     check_nonnegative("solve_neumann", "atol", atol)
+    check_int("solve_neumann", "spectral_check", spectral_check, minimum=0)
     x = tree_zeros_like(b) if init is None else init
     p = b if init is None else tree_sub(b, matvec(x))
     previous = torch.sqrt(tree_dot(p, p))
@@ -224,16 +234,37 @@ def solve_neumann(matvec: Matvec, b: Params, *, init: Params | None = None, alph
     # Growth over the last step (beyond rounding) means a component with |1 - alpha lambda| > 1.
     grew = ~converged & (res_norm > previous * (1 + 1e-6))
     diverged = ~torch.isfinite(res_norm) | (res_norm > b_norm) | grew
+    negative = torch.zeros((), dtype=torch.bool, device=res_norm.device)
+    if spectral_check > 0:
+        rho = rayleigh_estimate(matvec, b, spectral_check)
+        negative = ~converged & (rho < 0)
+        diverged = diverged | (~converged & (alpha * rho >= 2))
     result = LinearSolveResult(
         solution=x,
         converged=converged,
         steps=torch.full((), steps, dtype=torch.int64, device=res_norm.device),
         residual_norm=res_norm,
-        negative_curvature=torch.zeros((), dtype=torch.bool, device=res_norm.device),
+        negative_curvature=negative,
         diverged=diverged,
-        truncated=budget_truncated(truncated, converged, torch.zeros_like(converged), diverged),
+        truncated=budget_truncated(truncated, converged, negative, diverged),
     )
     return _raise_if_failed("solve_neumann", result) if throw else result
+
+
+def rayleigh_estimate(matvec: Matvec, b: Params, steps: int) -> Tensor:
+    """The Rayleigh quotient ``v^T A v / v^T v`` after ``steps`` power iterations from ``b``.
+
+    For symmetric ``A`` it lies in ``[lambda_min, lambda_max]`` and tends to the eigenvalue of
+    largest modulus that ``b`` excites; a zero ``b`` gives 0. Data-independent control flow, so
+    it runs under ``vmap``.
+    """
+    v, av = b, matvec(b)
+    for _ in range(steps - 1):
+        scale = torch.sqrt(tree_dot(av, av))
+        v = tree_scale(1 / torch.where(scale > 0, scale, torch.ones_like(scale)), av)
+        av = matvec(v)
+    vv = tree_dot(v, v)
+    return tree_dot(v, av) / torch.where(vv > 0, vv, torch.ones_like(vv))
 
 
 def solve_dense(matvec: Matvec, b: Params, *, ridge: float = 0.0, tol: float = 1e-10,
@@ -409,24 +440,35 @@ class CG(LinearSolver):
 
 @dataclass(frozen=True)
 class Neumann(LinearSolver):
-    """Neumann series ``alpha * sum_{k<steps} (I - alpha A)^k b``; see :func:`solve_neumann`."""
+    """Neumann series ``alpha * sum_{k<steps} (I - alpha A)^k b``; see :func:`solve_neumann`.
+
+    With ``truncated=True`` (a deliberate K-term budget) it also runs ``spectral_check`` matvecs
+    of power iteration (default 20) and reports the solve as diverged when they prove
+    ``alpha >= 2 / lambda_max`` (or negative curvature); ``spectral_check=0`` skips that.
+    """
 
     alpha: float = 1.0
     steps: int = 10
     tol: float = 1e-10
     atol: float = 0.0
     truncated: bool = False
+    spectral_check: int = 20
 
     def __post_init__(self):
         check_int("Neumann", "steps", self.steps)
         check_flag("Neumann", "truncated", self.truncated)
+        check_int("Neumann", "spectral_check", self.spectral_check, minimum=0)
         check_positive("Neumann", "alpha", self.alpha)
         check_nonnegative("Neumann", "tol", self.tol)
         check_nonnegative("Neumann", "atol", self.atol)
 
     def __call__(self, matvec, b, init=None):
+        # A truncated series cannot show divergence in its residuals: check alpha against the
+        # spectrum (spectral_check matvecs; 0 accepts the risk). Without truncated=True an
+        # unconverged series is reported anyway.
         return solve_neumann(matvec, b, init=init, alpha=self.alpha, steps=self.steps, tol=self.tol,
-                             atol=self.atol, truncated=self.truncated)
+                             atol=self.atol, truncated=self.truncated,
+                             spectral_check=self.spectral_check if self.truncated else 0)
 
 
 @dataclass(frozen=True)

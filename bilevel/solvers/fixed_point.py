@@ -28,11 +28,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .eager import known_true
-from .linear_solve import threshold
-from .tree import (Params, tree_norm, tree_ravel, tree_sub, tree_unravel,
+from ..eager import known_true
+from .linear import threshold
+from ..tree import (Params, tree_norm, tree_ravel, tree_sub, tree_unravel,
                    tree_where)
-from .validation import check_nonnegative, check_int
+from ..validation import check_nonnegative, check_int
 
 __all__ = [
     "FixedPointResult",

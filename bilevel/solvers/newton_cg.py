@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch.func import vmap
 
-from .hvp import check_hvp_mode, make_hvp
-from .inner_solvers import InnerSolver, check_steps, objective_grad
-from .linear_solve import solve_cg
-from .tree import tree_axpy, tree_dot, tree_scale, tree_where
-from .validation import check_nonnegative
+from ..hvp import check_hvp_mode, make_hvp
+from .inner import InnerSolver, check_steps, objective_grad
+from .linear import solve_cg
+from ..tree import tree_axpy, tree_dot, tree_scale, tree_where
+from ..validation import check_nonnegative
 
 __all__ = ["NewtonCG"]
 
