@@ -19,7 +19,7 @@ import torch
 from torch.func import grad, grad_and_value, vjp
 
 from bilevel.diagnostics import Diagnostics, InnerStationarity, stationarity
-from bilevel.eager import autograd_grads, eager_ok, grad_leaves
+from bilevel.eager import autograd_grads, eager_ok, grad_leaves, known_true
 from bilevel.hvp import check_hvp_mode, make_hvp, resolve_hvp_mode
 from bilevel.hypergrad import HypergradBackend, Hypergradient
 from bilevel.solvers.linear import CG, LinearSolver, check_linear_solver
@@ -30,12 +30,14 @@ from bilevel.validation import check_positive
 __all__ = ["Implicit", "implicit_hypergrad"]
 
 DEFAULT_STATIONARITY_RTOL = 1e-2
+DEFAULT_NEWTON_CHECK = 1e-2
 
 
 def implicit_hypergrad(inner_loss: Loss, outer_loss: Loss, theta: Params, phi: Params,
                        inner_batch: Any, outer_batch: Any, *, linear_solver: LinearSolver,
                        hvp_mode: str = "auto", matvec: Any = None, phi_start: Params | None = None,
                        stationarity_rtol: float | None = DEFAULT_STATIONARITY_RTOL,
+                       newton_check: float | None = DEFAULT_NEWTON_CHECK,
                        create_graph: bool = False) -> Hypergradient:
     """The implicit hypergradient at a given inner solution ``phi`` (assumed stationary).
 
@@ -46,6 +48,13 @@ def implicit_hypergrad(inner_loss: Loss, outer_loss: Loss, theta: Params, phi: P
     at ``phi_start`` with ``stationarity_rtol`` (not judged without ``phi_start`` or with
     ``stationarity_rtol=None``). ``matvec``, if given, builds the operator in place of the inner
     Hessian: ``matvec(theta, phi, inner_batch) -> (v -> A v)``.
+
+    A small gradient does not bound the hypergradient's error (a hypergradient that is small
+    against its terms amplifies ``phi``'s error), so where stationarity is judged and
+    ``newton_check`` is set, the hypergradient is also computed at the Newton-refined
+    ``phi' = phi - H^-1 grad L_in(phi)`` (two more linear solves) and its relative change
+    ``||g(phi) - g(phi')|| / ||g(phi')||``, a first-order estimate of the error, must stay
+    below ``newton_check``; it is reported as ``diagnostics.stationarity.newton_change``.
 
     With ``create_graph=True`` every step is a differentiable ``torch.func`` operation (the
     linear solver's iterations included), so the result is differentiable in ``theta``, in
@@ -67,9 +76,33 @@ def implicit_hypergrad(inner_loss: Loss, outer_loss: Loss, theta: Params, phi: P
     judged = phi_start is not None and stationarity_rtol is not None
     # The reference costs one more gradient, so it is taken only to judge (NaN: not measured).
     reference = _grad_norm(inner_loss, phi_start, theta, inner_batch) if judged else torch.full_like(residual, float("nan"))
-    stat = stationarity(InnerStationarity, residual, reference, stationarity_rtol if judged else None)
+    change = None
+    if judged and newton_check is not None:
+        change = _newton_change(inner_loss, outer_loss, theta, phi, inner_batch, outer_batch, linear_solver,
+                                hvp_mode, matvec, inner_grad, g, residual)
+    stat = stationarity(InnerStationarity, residual, reference, stationarity_rtol if judged else None,
+                        newton_change=change, newton_check=newton_check)
     diagnostics = Diagnostics(linear_solve=solve._replace(solution={}), stationarity=stat)
     return Hypergradient(loss if create_graph else loss.detach(), g, tree_detach(phi), diagnostics)
+
+
+def _newton_change(inner_loss, outer_loss, theta, phi, inner_batch, outer_batch, linear_solver, hvp_mode, matvec,
+                   inner_grad, g, residual):
+    """``||g(phi) - g(phi')|| / ||g(phi')||`` at ``phi' = phi - H^-1 grad L_in(phi)`` (constants).
+
+    Skipped (0) when ``phi`` is stationary to rounding and the values can be read; computed
+    with data-independent control flow otherwise, so it runs under ``vmap``."""
+    theta, phi = tree_detach(theta), tree_detach(phi)
+    floor = 1000 * torch.finfo(residual.dtype).eps
+    if known_true(residual <= floor):
+        return torch.zeros_like(residual)
+    operator = _operator(inner_loss, theta, phi, inner_batch, hvp_mode, matvec)
+    step = linear_solver(operator, tree_detach(inner_grad)).solution
+    refined = implicit_hypergrad(inner_loss, outer_loss, theta, tree_sub(phi, step), inner_batch, outer_batch,
+                                 linear_solver=linear_solver, hvp_mode=hvp_mode, matvec=matvec,
+                                 stationarity_rtol=None, newton_check=None).grad
+    scale = torch.clamp(tree_norm(refined), min=floor)
+    return tree_norm(tree_sub(tree_detach(g), refined)) / scale
 
 
 def attach_implicit_solution(inner_loss: Loss, theta: Params, phi: Params, inner_batch: Any, *,
@@ -163,6 +196,9 @@ class Implicit(HypergradBackend):
         stationarity_rtol: the inner solution counts as stationary when
             ``||grad L_in(phi)|| <= stationarity_rtol * ||grad L_in(phi_0)||``; otherwise the
             failure policy reports it. ``None``: not judged (still reported).
+        newton_check: where stationarity is judged, the largest relative change of the
+            hypergradient under one Newton step of the inner problem (two more linear solves;
+            see :func:`implicit_hypergrad`); ``None``: not checked.
 
     The answer is exact when the inner problem is solved and the linear solve converged;
     ``diagnostics`` reports both. Supports ``create_graph=True``.
@@ -172,6 +208,7 @@ class Implicit(HypergradBackend):
     hvp_mode: str = "auto"
     matvec: Any = None
     stationarity_rtol: float | None = DEFAULT_STATIONARITY_RTOL
+    newton_check: float | None = DEFAULT_NEWTON_CHECK
 
     supports_create_graph: ClassVar[bool] = True
 
@@ -183,6 +220,8 @@ class Implicit(HypergradBackend):
                             f"(v -> A v), got {type(self.matvec).__name__}.")
         if self.stationarity_rtol is not None:
             check_positive("Implicit", "stationarity_rtol", self.stationarity_rtol)
+        if self.newton_check is not None:
+            check_positive("Implicit", "newton_check", self.newton_check)
 
     def hypergrad(self, problem, theta, inner_batch, outer_batch, *, inner_solution=None, create_graph=False):
         phi = problem.inner_solution("Implicit.hypergrad", theta, inner_batch, inner_solution)
@@ -193,4 +232,5 @@ class Implicit(HypergradBackend):
         return implicit_hypergrad(problem.inner_loss, problem.outer_loss, theta, phi, inner_batch,
                                   outer_batch, linear_solver=self.linear_solver, hvp_mode=self.hvp_mode,
                                   matvec=self.matvec, phi_start=tree_detach(problem.init_inner(theta)),
-                                  stationarity_rtol=self.stationarity_rtol, create_graph=create_graph)
+                                  stationarity_rtol=self.stationarity_rtol, newton_check=self.newton_check,
+                                  create_graph=create_graph)

@@ -20,6 +20,7 @@ from .solvers.linear import (CG, GMRES, Dense, LinearSolver, LinearSolveResult, 
                            solve_dense, solve_gmres, solve_neumann)
 from .solvers.minres import MINRES, solve_minres
 from .meta import imaml_problem, maml_problem, model_loss, proximal_penalty
+from .modules import module_buffers, module_params, write_grad
 from .solvers.newton_cg import NewtonCG
 from .problem import BilevelProblem, FixedPointProblem
 from .tree import Params
@@ -29,6 +30,8 @@ __version__ = "0.1.0"
 __all__ = [
     # problems
     "BilevelProblem", "Params", "maml_problem", "imaml_problem", "model_loss", "proximal_penalty",
+    # modules
+    "module_params", "module_buffers", "write_grad",
     # inner solvers
     "InnerSolver", "GradientDescent", "GradientDescentThenPull", "Momentum", "Adam", "NewtonCG", "run_inner",
     # linear solvers

@@ -53,12 +53,18 @@ class InnerStationarity(NamedTuple):
         residual_norm: ``||grad_phi L_in(phi, theta)||``.
         reference_norm: the same at the inner solver's start ``phi_0`` (NaN where not judged:
             it costs one more gradient).
-        stationary: ``residual_norm <= max(rtol * reference_norm, atol)``.
+        stationary: ``residual_norm <= max(rtol * reference_norm, atol)``, and, where measured,
+            ``newton_change <= newton_check``.
+        newton_change: the relative change ``||g(phi) - g(phi - H^-1 grad L_in(phi))|| / ||g(...)||``
+            of the hypergradient ``g`` when ``phi`` takes one Newton step toward stationarity: a
+            first-order estimate of the hypergradient's error due to the inner solve (NaN where
+            not measured; ``None`` from backends that do not measure it).
     """
 
     residual_norm: Tensor
     reference_norm: Tensor
     stationary: Tensor
+    newton_change: Tensor | None = None
 
 
 class FixedPointStationarity(NamedTuple):
@@ -76,10 +82,12 @@ class FixedPointStationarity(NamedTuple):
 
 
 def stationarity(kind: type, residual_norm: Tensor, reference_norm: Tensor, rtol: float | None,
-                 atol: float | None = None):
+                 atol: float | None = None, newton_change: Tensor | None = None, newton_check: float | None = None):
     """``kind(residual, reference, stationary)`` with ``stationary`` judged by ``rtol``/``atol``
     (``rtol=None``: not judged, always ``True``). ``atol`` defaults to ``1000 eps`` of the dtype
-    (2e-13 in float64, 1e-4 in float32), a floor for a start that is already a solution."""
+    (2e-13 in float64, 1e-4 in float32), a floor for a start that is already a solution.
+    ``newton_change`` (:class:`InnerStationarity` only), where given and not NaN, must also be
+    at most ``newton_check``."""
     residual_norm, reference_norm = residual_norm.detach(), reference_norm.detach()
     if atol is None:
         atol = 1000 * torch.finfo(residual_norm.dtype).eps
@@ -87,7 +95,12 @@ def stationarity(kind: type, residual_norm: Tensor, reference_norm: Tensor, rtol
         ok = torch.ones_like(residual_norm, dtype=torch.bool)
     else:
         ok = residual_norm <= torch.clamp(rtol * reference_norm, min=atol)
-    return kind(residual_norm, reference_norm, ok)
+    if newton_change is None:
+        return kind(residual_norm, reference_norm, ok)
+    newton_change = newton_change.detach()
+    if rtol is not None and newton_check is not None:
+        ok = ok & ~(newton_change > newton_check)  # NaN (not measured) passes
+    return kind(residual_norm, reference_norm, ok, newton_change)
 
 
 class Diagnostics(NamedTuple):
@@ -109,6 +122,8 @@ class Diagnostics(NamedTuple):
         if isinstance(self.stationarity, InnerStationarity):
             out.update(inner_grad_norm=self.stationarity.residual_norm,
                        inner_stationary=self.stationarity.stationary)
+            if self.stationarity.newton_change is not None:
+                out["newton_change"] = self.stationarity.newton_change
         elif isinstance(self.stationarity, FixedPointStationarity):
             out.update(fixed_point_residual=self.stationarity.residual_norm,
                        fixed_point_stationary=self.stationarity.stationary)
@@ -177,11 +192,17 @@ def failures(d: Diagnostics) -> list[Failure]:
                     f"{float(st.residual_norm.reshape(-1)[worst]):.3e}, {ratio:.1e} of ||z||), which implicit "
                     "differentiation assumes to be 0. Solve the forward problem further")))
             else:
+                newton = ""
+                if st.newton_change is not None:
+                    change = float(st.newton_change.reshape(-1)[worst])
+                    if change == change:  # measured (not NaN)
+                        newton = (f"; one Newton step of the inner problem, phi - H^-1 grad L_in(phi), changes the "
+                                  f"hypergradient by {change:.1e} of its norm")
                 out.append(Failure("not_stationary", bad, (
                     f"the inner solution is not stationary in {of(bad)} tasks (||grad L_in(phi)|| = "
-                    f"{float(st.residual_norm.reshape(-1)[worst]):.3e}, {ratio:.1e} of its value at the start), "
-                    "which the implicit function theorem assumes to be 0. Run the inner solver longer or with a "
-                    "better step size, or set the backend's stationarity_rtol")))
+                    f"{float(st.residual_norm.reshape(-1)[worst]):.3e}, {ratio:.1e} of its value at the start"
+                    f"{newton}), which the implicit function theorem assumes to be 0. Run the inner solver longer or "
+                    "with a better step size, or set the backend's stationarity_rtol (and newton_check)")))
     return out
 
 

@@ -96,8 +96,8 @@ class BilevelProblem:
         init = self.inner_init
         if isinstance(init, torch.nn.Module):
             raise TypeError(f"BilevelProblem: inner_init got a module ({type(init).__name__}); it takes the "
-                            "starting point as a dict of tensors, e.g. inner_init={k: p.detach().clone() for k, p "
-                            "in model.named_parameters()}, 'theta', or a callable "
+                            "starting point as a dict of tensors: inner_init=module_params(model)[0] (from "
+                            "bilevel import module_params; its trainable= picks a subset), 'theta', or a callable "
                             "theta -> phi_0.")
         if isinstance(init, str) and init != "theta":
             raise ValueError(f"BilevelProblem: inner_init={init!r} is unknown; use 'theta', a callable "
@@ -149,7 +149,8 @@ class BilevelProblem:
             return KeyError(f"inner_loss looked up phi[{key!r}], but phi starts at theta (inner_init='theta', the "
                             f"default, for meta-learning), whose names are {list(theta)}. When the inner variables "
                             "are not theta's (hyperparameter optimization), give BilevelProblem inner_init= (a dict "
-                            "of starting tensors or a callable theta -> phi_0).")
+                            f"of starting tensors, e.g. inner_init={{{key!r}: torch.zeros(...)}}, or "
+                            "module_params(model)[0] for a model's weights; or a callable theta -> phi_0).")
         return exc
 
     def inner_solution(self, call: str, theta: Params, batch, given: Params | None) -> Params:

@@ -31,7 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bilevel import CG, BilevelProblem, Implicit, NewtonCG, hypergrad, run_inner
+from bilevel import CG, BilevelProblem, Implicit, NewtonCG, hypergrad, run_inner, write_grad
 
 DTYPE = torch.float64
 # Reverse-over-reverse Hessian-vector products: cross_entropy's forward-mode rules are slow on a CPU.
@@ -131,7 +131,7 @@ def main(argv=None) -> dict:
         result = hypergrad(problem, current, train, val, backend=backend, inner_solution=phi)
         val_losses.append(float(result.loss))
         opt.zero_grad()
-        theta["logit_weight"].grad = result.grad["logit_weight"]
+        write_grad(theta, result.grad)
         opt.step()
         if step % max(1, steps // 10) == 0 or step == steps - 1:
             w = torch.sigmoid(theta["logit_weight"].detach())

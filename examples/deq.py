@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from bilevel.adapters import FixedPointImplicit
-from bilevel import Anderson, FixedPointProblem, fixed_point_hypergrad
+from bilevel import Anderson, FixedPointProblem, fixed_point_hypergrad, write_grad
 from bilevel.solvers.linear import GMRES
 
 HIDDEN = 32
@@ -89,8 +89,7 @@ def train(steps: int, seed: int = 0) -> dict[str, float]:
     for step in range(steps):
         result = fixed_point_hypergrad(PROBLEM, theta, train_x, train_y, backend=BACKEND)
         opt.zero_grad()
-        for k, g_k in result.grad.items():
-            theta[k].grad = g_k
+        write_grad(theta, result.grad)
         opt.step()
         with torch.no_grad():  # keep T a contraction: rescale W to spectral norm <= MAX_NORM
             theta["W"].mul_(MAX_NORM / torch.linalg.matrix_norm(theta["W"], 2).clamp(min=MAX_NORM))

@@ -17,7 +17,7 @@ import time
 import torch
 
 from bilevel import (CG, BilevelProblem, GradientDescent, HigherUnrolled, Implicit,
-                     Neumann, TorchoptImplicit, TruncatedUnrolled, Unrolled, hypergrad)
+                     Neumann, TorchoptImplicit, TruncatedUnrolled, Unrolled, hypergrad, write_grad)
 
 
 STEPS = 30
@@ -60,7 +60,7 @@ def main():
         for _ in range(STEPS):
             result = hypergrad(problem, theta, train, val, backend=backend)
             opt.zero_grad()
-            theta["log_l2"].grad = result.grad["log_l2"]
+            write_grad(theta, result.grad)
             opt.step()
         per_step = (time.perf_counter() - start) / STEPS
         final = hypergrad(problem, theta, train, val, backend=backend)

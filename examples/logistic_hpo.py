@@ -32,7 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bilevel import CG, BilevelProblem, Implicit, NewtonCG, hypergrad, make_hvp, solve_cg
+from bilevel import CG, BilevelProblem, Implicit, NewtonCG, hypergrad, make_hvp, solve_cg, write_grad
 
 DTYPE = torch.float64  # finite differences need it; the library works in any dtype
 # softplus has no fast forward-mode rule on torch 2.13 (forward-over-reverse Hessian-vector
@@ -147,7 +147,7 @@ def main(argv=None) -> dict:
             print(f"step {step:3d}  validation loss {float(result.loss):.4f}")
         if step < steps:
             opt.zero_grad()
-            theta["log_l2"].grad = result.grad["log_l2"]
+            write_grad(theta, result.grad)
             opt.step()
     w = result.inner_solution["w"]
     penalties = theta["log_l2"].detach().exp()

@@ -191,9 +191,10 @@ def _due(iteration: int, every: int, last: int) -> bool:
 
 
 def _outer_step(optimizer: torch.optim.Optimizer, params: dict, grad: dict) -> None:
+    from ..modules import write_grad
+
     optimizer.zero_grad(set_to_none=True)
-    for name, p in params.items():
-        p.grad = grad[name]
+    write_grad(params, grad)
     optimizer.step()
 
 
