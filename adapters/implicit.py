@@ -27,7 +27,7 @@ from bilevel.problem import Loss
 from bilevel.tree import Params, tree_add, tree_detach, tree_norm, tree_sub
 from bilevel.validation import check_positive
 
-__all__ = ["Implicit", "implicit_hypergrad"]
+__all__ = ["Implicit", "implicit_hypergrad", "newton_change"]
 
 DEFAULT_STATIONARITY_RTOL = 1e-2
 DEFAULT_NEWTON_CHECK = 1e-2
@@ -78,7 +78,7 @@ def implicit_hypergrad(inner_loss: Loss, outer_loss: Loss, theta: Params, phi: P
     reference = _grad_norm(inner_loss, phi_start, theta, inner_batch) if judged else torch.full_like(residual, float("nan"))
     change = None
     if judged and newton_check is not None:
-        change = _newton_change(inner_loss, outer_loss, theta, phi, inner_batch, outer_batch, linear_solver,
+        change = newton_change(inner_loss, outer_loss, theta, phi, inner_batch, outer_batch, linear_solver,
                                 hvp_mode, matvec, inner_grad, g, residual)
     stat = stationarity(InnerStationarity, residual, reference, stationarity_rtol if judged else None,
                         newton_change=change, newton_check=newton_check)
@@ -86,7 +86,7 @@ def implicit_hypergrad(inner_loss: Loss, outer_loss: Loss, theta: Params, phi: P
     return Hypergradient(loss if create_graph else loss.detach(), g, tree_detach(phi), diagnostics)
 
 
-def _newton_change(inner_loss, outer_loss, theta, phi, inner_batch, outer_batch, linear_solver, hvp_mode, matvec,
+def newton_change(inner_loss, outer_loss, theta, phi, inner_batch, outer_batch, linear_solver, hvp_mode, matvec,
                    inner_grad, g, residual):
     """``||g(phi) - g(phi')|| / ||g(phi')||`` at ``phi' = phi - H^-1 grad L_in(phi)`` (constants).
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.func import grad
 
 from bilevel.diagnostics import Diagnostics, InnerStationarity, stationarity
 from bilevel.hypergrad import AutogradAdapter, reject_create_graph
@@ -15,7 +16,7 @@ from bilevel.tree import tree_detach, tree_norm
 from bilevel.validation import check_positive
 
 from ._optional import require
-from .implicit import DEFAULT_STATIONARITY_RTOL, _grad_norm
+from .implicit import DEFAULT_NEWTON_CHECK, DEFAULT_STATIONARITY_RTOL, _grad_norm, newton_change
 
 __all__ = ["TorchoptImplicit"]
 
@@ -34,6 +35,9 @@ class TorchoptImplicit(AutogradAdapter):
             negative curvature, so ``"stop"`` is refused) or :class:`~bilevel.Neumann` (mapped to
             ``solve_inv(ns=True)``).
         stationarity_rtol: as :class:`~bilevel.Implicit`.
+        newton_check: as :class:`~bilevel.Implicit`: the hypergradient after one Newton step of
+            the inner problem (computed with the native implicit formula and this linear
+            solver) must move by at most this fraction of its norm; ``None``: not checked.
 
     TorchOpt differentiates with ``torch.autograd``, so tasks run one at a time. TorchOpt
     reports nothing about its solve; the adapter measures it: the true residual
@@ -45,6 +49,7 @@ class TorchoptImplicit(AutogradAdapter):
 
     linear_solver: Any = field(default_factory=_continuing_cg)
     stationarity_rtol: float | None = DEFAULT_STATIONARITY_RTOL
+    newton_check: float | None = DEFAULT_NEWTON_CHECK
 
     def __post_init__(self):
         if not isinstance(self.linear_solver, (CG, Neumann)):
@@ -56,6 +61,8 @@ class TorchoptImplicit(AutogradAdapter):
                              "negative_curvature='continue') (TorchOpt's behaviour) or use the native Implicit.")
         if self.stationarity_rtol is not None:
             check_positive("TorchoptImplicit", "stationarity_rtol", self.stationarity_rtol)
+        if self.newton_check is not None:
+            check_positive("TorchoptImplicit", "newton_check", self.newton_check)
 
     def _torchopt_solve(self, torchopt, num_unknowns: int):
         s = self.linear_solver
@@ -124,5 +131,11 @@ class TorchoptImplicit(AutogradAdapter):
             reference = torch.full_like(residual, float("nan"))
         else:
             reference = _grad_norm(problem.inner_loss, problem.init_inner(theta), theta, inner_batch)
-        stat = stationarity(InnerStationarity, residual, reference, self.stationarity_rtol)
+        change = None
+        if self.stationarity_rtol is not None and self.newton_check is not None:
+            change = newton_change(problem.inner_loss, problem.outer_loss, theta, phi_star, inner_batch, outer_batch,
+                                   self.linear_solver, "auto", None, grad(problem.inner_loss)(
+                                       tree_detach(phi_star), tree_detach(theta), inner_batch), result.grad, residual)
+        stat = stationarity(InnerStationarity, residual, reference, self.stationarity_rtol, newton_change=change,
+                            newton_check=self.newton_check)
         return result._replace(diagnostics=Diagnostics(linear_solve=record[-1] if record else None, stationarity=stat))

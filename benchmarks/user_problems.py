@@ -40,7 +40,7 @@ from torch.func import functional_call, grad, hessian
 import bilevel
 from bilevel import (CG, GMRES, MINRES, Anderson, BilevelProblem, FixedPointImplicit, FixedPointIteration,
                      FixedPointProblem, GradientDescent, Implicit, Neumann, NewtonCG, TorchoptImplicit, Unrolled,
-                     batched_hypergrad, hypergrad, map_tasks, maml_problem, model_loss)
+                     batched_hypergrad, hypergrad, map_tasks, maml_problem, model_loss, module_params)
 from bilevel.hvp import resolve_hvp_mode
 from bilevel.solvers.inner import detached_gradient, run_inner
 
@@ -764,6 +764,31 @@ def c6_iii():
             p = {k: p[k] - 0.1 * gg[k] for k in p}
         return loss(p, (xq, yq))
     ref = grad(maml)(theta)
+    return {"values": tolist(r.grad), "reference": tolist(ref), "error": rel_err(r.grad, ref), "tolerance": 1e-8}
+
+
+@case("6iii-model-loss-trainable", "the fix 6iii names: module_params(model, trainable='2') and model_loss(model, "
+      "trainable='2')")
+def c6_iii_fixed():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    theta, frozen = module_params(model, trainable="2")
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(10, 4, generator=g, dtype=D), torch.randint(0, 2, (10,), generator=g)
+    xq, yq = torch.randn(10, 4, generator=g, dtype=D), torch.randint(0, 2, (10,), generator=g)
+    problem = maml_problem(model_loss(model, trainable="2"), GradientDescent(lr=0.1, steps=3))
+    r = hypergrad(problem, {k: v.clone() for k, v in theta.items()}, (xs, ys), (xq, yq), backend=Unrolled())
+
+    def loss(head, b):
+        return F.cross_entropy(functional_call(model, {**frozen, **head}, (b[0],)), b[1])
+
+    def maml(head):
+        p = head
+        for _ in range(3):
+            gg = grad(loss)(p, (xs, ys))
+            p = {k: p[k] - 0.1 * gg[k] for k in p}
+        return loss(p, (xq, yq))
+    ref = grad(maml)({k: v.clone() for k, v in theta.items()})
     return {"values": tolist(r.grad), "reference": tolist(ref), "error": rel_err(r.grad, ref), "tolerance": 1e-8}
 
 

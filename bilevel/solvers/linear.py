@@ -107,7 +107,13 @@ def budget_truncated(configured: bool, converged: Tensor, stopped_early: Tensor,
 
 
 def threshold(b_norm: Tensor, tol: float, atol: float) -> Tensor:
-    return torch.clamp(tol * b_norm, min=atol)
+    """The residual norm below which a solve counts as converged: ``max(tol, floor) ||b||``,
+    at least ``atol``. ``floor`` is ``100 eps`` of ``b``'s dtype in float32 and lower
+    precision, where the default ``tol=1e-10`` is out of reach (a float32 solve stalls near
+    ``eps ||b||``), and 0 in float64, where every ``tol``, 0 included, is honoured as given."""
+    eps = torch.finfo(b_norm.dtype).eps
+    floor = 100 * eps if eps > 1e-12 else 0.0
+    return torch.clamp(max(tol, floor) * b_norm, min=atol)
 
 
 def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: int | None = None,
