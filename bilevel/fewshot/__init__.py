@@ -2,7 +2,8 @@
 
 from .benchmarks import BENCHMARKS, make_benchmark
 from .config import TrainConfig, resolve
-from .methods import BACKENDS, METHODS, build_method
+from .backends import BACKENDS
+from .methods import METHODS, build_method
 from .models import Conv4, SinusoidMLP
 from .trainer import evaluate, evaluate_params, mean_ci95, train
 

@@ -26,6 +26,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .backends import BACKENDS
 from .config import TrainConfig, inapplicable, load_config, resolve
 from .methods import METHODS
 from .seeds import SeedStats, iqm_interval, over_seeds, paired_difference
@@ -193,18 +194,19 @@ def run_many(runs: list[tuple[str, Path, TrainConfig]], eval_tasks: int | None =
 
 def inner_work(c: TrainConfig) -> int:
     """A run's work in gradient evaluations, roughly (a Hessian-vector product counts as
-    ``_HVP_COST``): the order in which :func:`run_many` starts runs, not a timing."""
+    ``_HVP_COST``): the order in which :func:`run_many` starts runs, not a timing. The backend's
+    share is its registry entry's cost model (:class:`~.backends.BackendEntry`: ``backprop``, ``hvps``)."""
     method = METHODS[c.method]
-    backend = c.backend or method.backend
+    backend = BACKENDS[c.backend or method.backend]
     if method.inner_solver == "newton-cg":
         inner = c.hf_steps * (1 + _HVP_COST * c.hf_cg_steps)
     else:
         inner = c.inner_steps
-    if backend in ("unrolled", "higher"):
+    if backend.backprop == "every step":
         inner *= 2  # backprop through every step
-    elif backend == "truncated":
+    elif backend.backprop == "last steps":
         inner += c.truncate_steps or 0  # through the last ones
-    meta = _HVP_COST * c.cg_steps if backend in ("implicit", "torchopt") else 0
+    meta = _HVP_COST * backend.hvps(c)
     return (inner + meta) * c.iterations * c.meta_batch
 
 

@@ -37,7 +37,8 @@ from ..hvp import HVP_MODES
 from ..validation import check_int
 from .benchmarks import BENCHMARKS
 from .models import INITS
-from .methods import BACKENDS, METHODS
+from .backends import BACKENDS, backends_using
+from .methods import METHODS
 
 __all__ = ["TrainConfig", "resolve", "load_config", "save_config", "describe_default", "inapplicable", "Rule",
            "DEFAULTS", "PROTOCOLS", "LAM_SCALES", "CURVATURES", "CG_ON_NEGATIVE", "VECTORIZE", "ON_SOLVER_FAILURE"]
@@ -110,8 +111,8 @@ def _conv_inner_steps(c: TrainConfig) -> int:
 
 
 def _half_inner_steps(c: TrainConfig) -> int | None:
-    backend = c.backend or METHODS[c.method].backend
-    return max(1, c.inner_steps // 2) if backend == "truncated" else None
+    backend = BACKENDS[c.backend or METHODS[c.method].backend]
+    return max(1, c.inner_steps // 2) if "truncate_steps" in backend.fields else None
 
 
 # Every run, unless a more specific table says otherwise.
@@ -250,7 +251,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         if c.method != "imaml-gd":
             raise ValueError(f"--protocol official is the released iMAML-GD code; it does not apply to "
                              f"--method {c.method} (use --protocol paper)")
-        if c.backend not in (None, "implicit"):
+        if c.backend not in (None, METHODS[c.method].backend):  # the released code's implicit meta-gradient
             raise ValueError("--protocol official computes the implicit meta-gradient; leave --backend unset")
         if c.lam_scale not in (None, "mean"):
             raise ValueError("--protocol official uses lambda on the mean support loss, as the released code; "
@@ -289,9 +290,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"--inner-momentum must be in [0, 1), got {c.inner_momentum!r}")
     if c.inner_nesterov and not c.inner_momentum:
         raise ValueError("--inner-nesterov needs --inner-momentum M > 0 (Nesterov's form of that momentum)")
-    if c.curvature == "gauss-newton" and (c.backend or METHODS[c.method].backend) != "implicit":
-        raise ValueError("--curvature gauss-newton applies to the implicit backend (imaml-gd, imaml-hf); "
-                         "leave --curvature unset or use --backend implicit")
+    if c.curvature == "gauss-newton" and "curvature" not in BACKENDS[c.backend or METHODS[c.method].backend].fields:
+        raise ValueError(f"--curvature gauss-newton applies to the {_named('curvature')} backend "
+                         f"({_own('curvature')}); leave --curvature unset or use --backend {_named('curvature')}")
     for name in _POSITIVE:
         value = getattr(c, name)
         if value is None and name in _OPTIONAL:
@@ -346,14 +347,34 @@ def describe_default(name: str) -> str:
     return "default: " + "; ".join(parts)
 
 
+def _named(name: str) -> str:
+    """The backends that read config field ``name``, in words: ``"implicit or torchopt"``."""
+    return " or ".join(backends_using(name))
+
+
+def _own(name: str) -> str:
+    """The methods whose own backend reads config field ``name``: ``"imaml-gd, imaml-hf"``."""
+    return ", ".join(m.name for m in METHODS.values() if name in BACKENDS[m.backend].fields)
+
+
+def _read_by_backend(name: str) -> Callable:
+    """Whether a (benchmark, method, backend) reads ``name`` because its backend does (the registry's fields)."""
+    return lambda b, m, k: name in BACKENDS[k].fields
+
+
+def _cg_field(name: str) -> tuple:
+    return ("backend", f"the implicit backends ({_own(name)}; --backend {_named(name)})", _read_by_backend(name))
+
+
+_LOOPING = " and ".join(e.name for e in BACKENDS.values() if not e.vmap)
+
 # Field -> (what decides: "benchmark", "method" or "backend"; who uses it; whether a (benchmark,
-# method, backend) does). Fields not listed apply to every run.
+# method, backend) does). Fields not listed apply to every run. What a backend reads is its entry
+# in the registry (.backends), so a new backend needs no line here.
 _CONV = ("benchmark", "the image benchmarks (omniglot, miniimagenet)", lambda b, m, k: b != "sinusoid")
 _GD = ("method", "the methods with a gradient-descent inner loop (all but imaml-hf)",
        lambda b, m, k: m.inner_solver == "gd")
 _NEWTON = ("method", "imaml-hf", lambda b, m, k: m.inner_solver == "newton-cg")
-_CG = ("backend", "the implicit backends (imaml-gd, imaml-hf; --backend implicit or torchopt)",
-       lambda b, m, k: k in ("implicit", "torchopt"))
 _IMAML = ("method", "the iMAML methods (imaml-gd, imaml-hf)", lambda b, m, k: m.problem == "imaml")
 _APPLIES = {
     "ways": _CONV, "init": _CONV,
@@ -362,32 +383,34 @@ _APPLIES = {
     "lam": _IMAML, "lam_scale": _IMAML,
     "inner_steps": _GD, "inner_lr": _GD, "inner_momentum": _GD, "inner_nesterov": _GD,
     "hf_steps": _NEWTON, "hf_cg_steps": _NEWTON, "hf_curvature": _NEWTON,
-    "cg_steps": _CG, "cg_damping": _CG, "cg_on_negative": _CG,
-    "curvature": ("backend", "the implicit backend (imaml-gd, imaml-hf)", lambda b, m, k: k == "implicit"),
-    "hvp_mode": ("backend", "the implicit backend and imaml-hf's Newton-CG",
-                 lambda b, m, k: k == "implicit" or m.inner_solver == "newton-cg"),
-    "truncate_steps": ("backend", "--backend truncated", lambda b, m, k: k == "truncated"),
-    "memory_budget_mb": ("backend", "the backends that run under vmap (all but higher and torchopt, which loop)",
-                         lambda b, m, k: k not in ("higher", "torchopt")),
-    "on_solver_failure": ("backend", "the methods with a linear solve (imaml-gd, imaml-hf; --backend implicit "
-                          "or torchopt)",
-                          lambda b, m, k: k in ("implicit", "torchopt") or m.inner_solver == "newton-cg"),
+    "cg_steps": _cg_field("cg_steps"), "cg_damping": _cg_field("cg_damping"),
+    "cg_on_negative": _cg_field("cg_on_negative"),
+    "curvature": ("backend", f"the {_named('curvature')} backend ({_own('curvature')})",
+                  _read_by_backend("curvature")),
+    "hvp_mode": ("backend", f"the {_named('hvp_mode')} backend and imaml-hf's Newton-CG",
+                 lambda b, m, k: "hvp_mode" in BACKENDS[k].fields or m.inner_solver == "newton-cg"),
+    "truncate_steps": ("backend", f"--backend {_named('truncate_steps')}", _read_by_backend("truncate_steps")),
+    "memory_budget_mb": ("backend", f"the backends that run under vmap (all but {_LOOPING}, which loop)",
+                         lambda b, m, k: BACKENDS[k].vmap),
+    "on_solver_failure": ("backend", f"the methods with a linear solve ({_own('on_solver_failure')}; --backend "
+                          f"{_named('on_solver_failure')})",
+                          lambda b, m, k: "on_solver_failure" in BACKENDS[k].fields or m.inner_solver == "newton-cg"),
 }
 
 
 def inapplicable(config: TrainConfig) -> dict[str, str]:
     """The fields set in an unresolved ``config`` that its run would not use, each with a one-line
-    message (``{}`` if all apply, or if ``config`` names an unknown benchmark or method, which
-    :func:`resolve` reports).
+    message (``{}`` if all apply, or if ``config`` names an unknown benchmark, method or backend,
+    which :func:`resolve` reports).
 
     A resolved config sets every field, so pass the user's own settings: ``bilevel train``
     refuses these, ``bilevel compare`` drops them for the methods they do not concern.
     """
     benchmark = config.benchmark or DEFAULTS["benchmark"]
     method = METHODS.get(config.method or DEFAULTS["method"])
-    if benchmark not in BENCHMARKS or method is None:
+    backend = config.backend or (method.backend if method else None)
+    if benchmark not in BENCHMARKS or method is None or backend not in BACKENDS:
         return {}
-    backend = config.backend or method.backend
     runs = {"benchmark": f"--benchmark {benchmark}", "method": f"--method {method.name}",
             "backend": f"--method {method.name} (backend {backend})"}
     problems = {}

@@ -8,8 +8,8 @@
 | ``imaml-gd`` | ``L_train(phi) + (lam/2)||phi - theta||^2`` | gradient descent | ``Implicit(CG)`` |
 | ``imaml-hf`` | the same | Hessian-free Newton-CG | ``Implicit(CG)`` |
 
-Any backend can replace the method's own (``--backend``): e.g. ``imaml-gd`` with ``unrolled``
-backpropagates through the proximal inner loop.
+Any backend of the registry :data:`~bilevel.fewshot.backends.BACKENDS` can replace the method's
+own (``--backend``): e.g. ``imaml-gd`` with ``unrolled`` backpropagates through the proximal inner loop.
 
 ``imaml-gd`` under ``--protocol official`` is the released iMAML code, written exactly in
 the library's terms: its inner loop (GD on ``L_train``, then one pull towards ``theta``) is
@@ -25,19 +25,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..adapters import (FirstOrder, HigherUnrolled, Implicit, Reptile, TorchoptImplicit, TruncatedUnrolled,
-                        Unrolled)
+from ..adapters import Implicit
 from ..solvers.inner import GradientDescent, GradientDescentThenPull, Momentum
 from ..hvp import make_ggn
-from ..solvers.linear import CG
 from ..problem import BilevelProblem
 from ..meta import imaml_problem, maml_problem
 from ..solvers.newton_cg import NewtonCG
+from .backends import BACKENDS, OFFICIAL_LAM_DAMPING, implicit_lam
 
-
+# BACKENDS and OFFICIAL_LAM_DAMPING live in .backends; re-exported here, where they were first defined.
 __all__ = ["METHODS", "BACKENDS", "Method", "MethodSetup", "build_method", "OFFICIAL_LAM_DAMPING"]
-
-OFFICIAL_LAM_DAMPING = 10.0  # the official iMAML code's CG divides H by lam + 10
 
 
 @dataclass(frozen=True)
@@ -58,34 +55,6 @@ METHODS = {
         Method("imaml-gd", "imaml", "gd", "implicit", "iMAML, gradient-descent inner solver, CG meta-gradient"),
         Method("imaml-hf", "imaml", "newton-cg", "implicit", "iMAML, Hessian-free Newton-CG inner solver"),
     ]
-}
-
-def _cg(c) -> CG:
-    """The meta-gradient's CG: ``cg_steps`` iterations on ``H + lam I`` plus the damping
-    ``cg_damping * lam`` (so ``((1 + d) I + H/lam)`` in iMAML's normalized form). Through
-    negative curvature by default, as the iMAML reference code (``--cg-on-negative stop`` ends at
-    the first negative direction); logged as ``negative_curvature``."""
-    lam = _implicit_lam(c)
-    # A fixed budget by design (truncated=True): the failure policy reports divergence or a stop at
-    # negative curvature, never the used-up budget.
-    return CG(maxiter=c.cg_steps, ridge=c.cg_damping * lam, negative_curvature=c.cg_on_negative, truncated=True)
-
-
-def _implicit_lam(c) -> float:
-    """The lambda of the problem that the implicit backend differentiates."""
-    return c.lam + OFFICIAL_LAM_DAMPING if c.protocol == "official" else c.lam_effective
-
-
-BACKENDS = {
-    "unrolled": lambda c: Unrolled(),
-    "truncated": lambda c: TruncatedUnrolled(c.truncate_steps or max(1, c.inner_steps // 2)),
-    "higher": lambda c: HigherUnrolled(),
-    # iMAML's inner loop is a fixed budget too: its stationarity is logged (inner_grad_norm) and
-    # judged per run by `compare` (UNSOLVED_INNER), not per step (stationarity_rtol=None).
-    "implicit": lambda c: Implicit(_cg(c), hvp_mode=c.hvp_mode, stationarity_rtol=None),
-    "torchopt": lambda c: TorchoptImplicit(_cg(c), stationarity_rtol=None),
-    "first-order": lambda c: FirstOrder(),
-    "reptile": lambda c: Reptile(),
 }
 
 
@@ -129,17 +98,17 @@ def build_method(config, task_loss, outputs=None, criterion=None) -> MethodSetup
                   else GradientDescent(lr=config.inner_lr, steps=config.inner_steps))
     else:
         solver = NewtonCG(steps=config.hf_steps, cg_steps=config.hf_cg_steps, hvp_mode=config.hvp_mode)
-    backend = BACKENDS[config.backend or method.backend](config)
+    backend = BACKENDS[config.backend or method.backend].build(config)
     if config.curvature == "gauss-newton":
         if not isinstance(backend, Implicit):
             raise ValueError("--curvature gauss-newton applies to the implicit backend (imaml-gd, imaml-hf)")
         if outputs is None or criterion is None:
             raise ValueError("build_method: curvature='gauss-newton' needs outputs= and criterion=")
-        backend = dataclasses.replace(backend, matvec=_gauss_newton(outputs, criterion, _implicit_lam(config)))
+        backend = dataclasses.replace(backend, matvec=_gauss_newton(outputs, criterion, implicit_lam(config)))
     if config.protocol == "official":
         pull = GradientDescentThenPull(lr=config.inner_lr, gd_steps=config.inner_steps,
                                        pull=config.inner_lr * config.lam)
-        problem = imaml_problem(task_loss, _implicit_lam(config), solver)
+        problem = imaml_problem(task_loss, implicit_lam(config), solver)
         return MethodSetup(problem, backend, adapt=maml_problem(task_loss, pull),
                            eval_problem=maml_problem(task_loss, solver))  # lam = 0 at test
     if method.problem == "imaml":

@@ -1,0 +1,7 @@
+"""``python -m bilevel.cli``: the same as ``python -m bilevel`` and the ``bilevel`` script."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
