@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from ..eager import known_true
-from .linear import threshold
 from ..tree import (Params, tree_norm, tree_ravel, tree_sub, tree_unravel,
                    tree_where)
 from ..validation import check_nonnegative, check_int
@@ -249,13 +248,15 @@ class _Progress(NamedTuple):
     @classmethod
     def start(cls, z: Params, r: Params, tol: float, atol: float) -> _Progress:
         rn = tree_norm(r)
-        thresh = threshold(tree_norm(z), tol, atol)
+        # tol as given in every dtype: the residual T(z) - z is computed afresh each step, so a
+        # float32 forward solve reaches far below the linear solvers' float32 floor.
+        thresh = torch.clamp(tol * tree_norm(z), min=atol)
         steps = torch.zeros((), dtype=torch.int64, device=rn.device)
         return cls(_stop(rn, thresh), steps, rn, rn, thresh)
 
     def advance(self, active: Tensor, z: Params, r: Params, tol: float, atol: float) -> _Progress:
         rn = tree_norm(r)  # z and r are already frozen where inactive
-        thresh = threshold(tree_norm(z), tol, atol)
+        thresh = torch.clamp(tol * tree_norm(z), min=atol)
         return self._replace(done=self.done | _stop(rn, thresh), steps=self.steps + active.to(torch.int64),
                              residual_norm=rn, threshold=thresh)
 

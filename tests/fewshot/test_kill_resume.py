@@ -18,7 +18,6 @@ from bilevel.cli import main
 from bilevel.fewshot import TrainConfig, train
 from bilevel.fewshot.checkpoint import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
 ITERATIONS = 40
 FLAGS = ["--benchmark", "sinusoid", "--method", "maml", "--iterations", str(ITERATIONS), "--meta-batch", "8",
          "--inner-steps", "3", "--val-every", "10", "--val-tasks", "4", "--checkpoint-every", "5", "--device", "cpu",
@@ -35,8 +34,9 @@ def one_thread():
 
 
 def start_training(run_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    # The installed package (editable or not), never the source folder on PYTHONPATH: under a
+    # non-editable install the source tree lacks the bilevel.adapters mapping.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # SIGINT as in a terminal: a shell's background job (`pytest &`) inherits SIGINT ignored.
     return subprocess.Popen([sys.executable, "-m", "bilevel.cli", "train", *FLAGS, "--out", str(run_dir)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
