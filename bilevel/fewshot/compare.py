@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .backends import BACKENDS
+from .children import Children, StopRequested
 from .config import TrainConfig, inapplicable, load_config, resolve
 from .methods import METHODS
 from .seeds import SeedStats, iqm_interval, over_seeds, paired_difference
@@ -132,13 +133,14 @@ def _train_and_evaluate(config: TrainConfig, run_dir: Path, training: str | None
 
 
 def run_one(name: str, run_dir: Path, config: TrainConfig, eval_tasks: int | None = None, resume: bool = False,
-            quiet: bool = False, threads: int | None = None) -> dict:
+            quiet: bool = False, threads: int | None = None, children: Children | None = None) -> dict:
     """Train and evaluate the resolved ``config`` in ``run_dir``, in a fresh process; its table row.
 
     With ``resume``, a run that finished training (``summary.json`` at ``config.iterations``) is
     kept, an unfinished one continues from its checkpoint, and an existing evaluation of the same
     checkpoint is reused (then no process is started). ``threads`` sets the child's
-    ``OMP_NUM_THREADS`` and torch threads.
+    ``OMP_NUM_THREADS`` and torch threads; ``children`` (:class:`~.children.Children`) tracks
+    the process so that a stop signal reaches it.
     """
     run_dir = Path(run_dir)
     training, evaluate_run = _plan(run_dir, config, eval_tasks, resume)
@@ -146,8 +148,12 @@ def run_one(name: str, run_dir: Path, config: TrainConfig, eval_tasks: int | Non
         process = multiprocessing.get_context("spawn").Process(
             target=_train_and_evaluate, args=(config, run_dir, training, evaluate_run, eval_tasks, quiet, threads),
             name=f"bilevel-{name}")
-        process.start()
-        process.join()
+        children = children if children is not None else Children()
+        children.start(process)
+        try:
+            process.join()
+        finally:
+            children.finished(process)
         if process.exitcode != 0:
             raise RuntimeError(f"{name}: training or evaluation in {run_dir} failed (exit code {process.exitcode}); "
                                "see the message above")
@@ -185,11 +191,20 @@ def run_many(runs: list[tuple[str, Path, TrainConfig]], eval_tasks: int | None =
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         # Several multi-threaded torch processes on the same cores slow each other down many times over.
         threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    children = Children()
+    # SIGTERM / SIGHUP reach every running child (each saves its checkpoint); then exit 128 + signum.
+    with children.forwarding(), ThreadPoolExecutor(max_workers=jobs) as pool:
         # Longest first, so that the jobs finish together; the rows keep the given order.
         order = sorted(range(len(runs)), key=lambda i: -inner_work(runs[i][2]))
-        futures = {i: pool.submit(run_one, *runs[i], eval_tasks, resume, quiet, threads) for i in order}
-        return [futures[i].result() for i in range(len(runs))]
+        futures = {i: pool.submit(run_one, *runs[i], eval_tasks, resume, quiet, threads, children) for i in order}
+        results = []
+        for i in range(len(runs)):
+            try:
+                results.append(futures[i].result())
+            except (RuntimeError, StopRequested):
+                if children.stop_signal is None:
+                    raise
+        return results
 
 
 def inner_work(c: TrainConfig) -> int:

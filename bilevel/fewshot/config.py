@@ -222,6 +222,7 @@ _INTS = {
 }
 _POSITIVE = ("inner_lr", "outer_lr", "lam", "outer_eps", "memory_budget_mb")
 _OPTIONAL = ("memory_budget_mb",)  # unset (None) means no budget
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _check_ints(c: TrainConfig) -> None:
@@ -299,6 +300,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
             raise ValueError(f"{_flag(name)} must be > 0 and finite, got {value!r}")
+        if value > _FLOAT32_MAX:  # the networks run in float32: such a value is inf there
+            raise ValueError(f"{_flag(name)} must be at most {_FLOAT32_MAX:.3g} (float32's largest number, the "
+                             f"networks' dtype), got {value!r}")
     if c.memory_budget_mb is not None and c.chunk_size is not None:
         raise ValueError(f"--memory-budget {c.memory_budget_mb:g} and --chunk-size {c.chunk_size} both bound vmap's "
                          "chunks: give one (--memory-budget MB derives the chunk size, --chunk-size K fixes it)")

@@ -145,3 +145,10 @@ def test_a_sinusoid_run_saved_before_the_net_was_recorded_loads_as_relu(tmp_path
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert resolve(load_config(tmp_path / "config.json")).net == "relu"
     assert resolve(TrainConfig(benchmark="sinusoid")).net == "softplus"
+
+
+@pytest.mark.parametrize("name", ["outer_lr", "inner_lr", "lam"])
+def test_a_number_that_is_inf_in_float32_is_refused_in_one_line(name):
+    """--outer-lr 1e39 was accepted, then failed inside Adam: float32 (the networks' dtype) makes it inf."""
+    with pytest.raises(ValueError, match=r"must be at most 3.4e\+38 .*got 1e\+39"):
+        resolve(TrainConfig(benchmark="sinusoid", method="maml", **{name: 1e39}))
