@@ -861,7 +861,7 @@ def c6_iv_b():
     return bn_case(False)
 
 
-@case("6v-float-theta", "theta={'x': -3.0}")
+@case("6v-float-theta", "theta={'c': -3.0}")
 def c6_v():
     problem, _, tr, va, _ = small_ridge()
     hypergrad(problem, {"c": -3.0}, tr, va, backend=Implicit())
