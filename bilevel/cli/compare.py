@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"test tasks per method ({describe_default('eval_tasks')})")
     p.add_argument("--resume", action="store_true", help="keep finished runs (and their evaluations) in --out, "
                    "continue unfinished ones; their saved settings must match the flags (--iterations aside)")
+    p.add_argument("--overwrite", action="store_true", help="train again the runs already in --out, replacing "
+                   "them; without it (or --resume) a folder that holds runs is refused")
     p.add_argument("--seeds", type=positive_int, default=1,
                    help="training seeds per method, --seed, --seed + 1, ...; over several the table reports the "
                    "mean over seeds with a 95%% interval over seeds, each seed's score and the paired difference "
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.reference is not None and args.seeds < 2:
         raise ValueError("--reference sets the method of the paired differences over seeds; it needs --seeds N >= 2")
     rows = compare(configs, out, eval_tasks=args.tasks, resume=args.resume, jobs=jobs, seeds=args.seeds,
-                   reference=args.reference)
+                   reference=args.reference, overwrite=args.overwrite)
     print()
     print(format_table(rows, args.reference))
     written = ["compare.md", "compare.csv", "learning_curves.png"] + (["compare.json"] if args.seeds > 1 else [])

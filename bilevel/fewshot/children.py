@@ -5,7 +5,8 @@ parent only. A parent that dies of it leaves its children training, orphaned, an
 run folders nobody watches. :class:`Children` keeps the live children of ``bilevel compare``;
 inside :meth:`Children.forwarding` a SIGTERM or SIGHUP is passed on to every live child (each
 trainer saves its checkpoint and exits, see :mod:`.interrupt`), no new child starts, and the
-parent exits with ``128 + signum`` once the children are done. Invariant: after a forwarded
+parent exits with 130 once the children are done: the trainer's code for "stopped on request,
+checkpoint saved" (a parent killed outright would give ``128 + signum``). Invariant: after a forwarded
 signal, :meth:`start` refuses, so no run begins after the parent was told to stop.
 """
 
@@ -18,9 +19,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["Children", "FORWARDED_SIGNALS", "StopRequested"]
+__all__ = ["Children", "FORWARDED_SIGNALS", "STOPPED_ON_REQUEST", "StopRequested"]
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+STOPPED_ON_REQUEST = 130  # as `bilevel train` after Ctrl-C, SIGTERM or SIGHUP: checkpoints saved
 
 
 class StopRequested(RuntimeError):
@@ -63,7 +65,7 @@ class Children:
     def forwarding(self) -> Iterator["Children"]:
         """Forward SIGTERM and SIGHUP to the live children while inside (main thread only;
         elsewhere the signals keep their handlers). On leaving after a forwarded signal, exit
-        with ``128 + signum``."""
+        with :data:`STOPPED_ON_REQUEST` (130)."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
@@ -74,4 +76,4 @@ class Children:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         if self.stop_signal is not None:
-            raise SystemExit(128 + self.stop_signal)
+            raise SystemExit(STOPPED_ON_REQUEST)

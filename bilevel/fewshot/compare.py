@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .backends import BACKENDS
 from .children import Children, StopRequested
+from .run_folder import holds_run
 from .config import TrainConfig, inapplicable, load_config, resolve
 from .methods import METHODS
 from .seeds import SeedStats, iqm_interval, over_seeds, paired_difference
@@ -103,7 +104,7 @@ def finished(run_dir: Path, config: TrainConfig, eval_tasks: int | None = None) 
 
 
 def _train_and_evaluate(config: TrainConfig, run_dir: Path, training: str | None, evaluate_run: bool,
-                        eval_tasks: int | None, quiet: bool, threads: int | None) -> None:
+                        eval_tasks: int | None, quiet: bool, threads: int | None, overwrite: bool = False) -> None:
     """The child process: train (``"new"``), continue (``"resume"``) or keep the run, then evaluate it."""
     if threads is not None:
         import torch
@@ -118,7 +119,7 @@ def _train_and_evaluate(config: TrainConfig, run_dir: Path, training: str | None
             if training == "resume":
                 summary = train(None, run_dir, resume=True, iterations=config.iterations, progress=not quiet)
             else:
-                summary = train(config, run_dir, progress=not quiet)
+                summary = train(config, run_dir, progress=not quiet, overwrite=overwrite)
             if not quiet:
                 print(describe_training(summary, run_dir))
         if evaluate_run:
@@ -133,7 +134,8 @@ def _train_and_evaluate(config: TrainConfig, run_dir: Path, training: str | None
 
 
 def run_one(name: str, run_dir: Path, config: TrainConfig, eval_tasks: int | None = None, resume: bool = False,
-            quiet: bool = False, threads: int | None = None, children: Children | None = None) -> dict:
+            quiet: bool = False, threads: int | None = None, children: Children | None = None,
+            overwrite: bool = False) -> dict:
     """Train and evaluate the resolved ``config`` in ``run_dir``, in a fresh process; its table row.
 
     With ``resume``, a run that finished training (``summary.json`` at ``config.iterations``) is
@@ -146,7 +148,8 @@ def run_one(name: str, run_dir: Path, config: TrainConfig, eval_tasks: int | Non
     training, evaluate_run = _plan(run_dir, config, eval_tasks, resume)
     if training is not None or evaluate_run:
         process = multiprocessing.get_context("spawn").Process(
-            target=_train_and_evaluate, args=(config, run_dir, training, evaluate_run, eval_tasks, quiet, threads),
+            target=_train_and_evaluate,
+            args=(config, run_dir, training, evaluate_run, eval_tasks, quiet, threads, overwrite),
             name=f"bilevel-{name}")
         children = children if children is not None else Children()
         children.start(process)
@@ -172,31 +175,40 @@ def late_mean(run_dir: Path, key: str, last: int = 100) -> float | None:
 
 
 def run_many(runs: list[tuple[str, Path, TrainConfig]], eval_tasks: int | None = None, resume: bool = False,
-             jobs: int = 1, quiet: bool = False) -> list[dict]:
+             jobs: int = 1, quiet: bool = False, overwrite: bool = False) -> list[dict]:
     """:func:`run_one` for each ``(name, run_dir, config)``, ``jobs`` processes at a time
     (more than one pays on a GPU or a many-core CPU). With several, each child gets
     ``OMP_NUM_THREADS = cores // jobs`` unless the variable is set.
 
     Every config is resolved, and with ``resume`` checked against the run it would continue,
-    before any run starts. The children are spawned (``multiprocessing``), so a script that
+    before any run starts; without ``resume`` a folder that already holds a run is refused
+    unless ``overwrite`` (its files are then replaced by the new run's). The children are spawned (``multiprocessing``), so a script that
     calls this must do so under ``if __name__ == "__main__":``.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"--jobs must be a positive integer, got {jobs!r}")
     runs = [(name, Path(run_dir), resolve(config)) for name, run_dir, config in runs]
+    if resume and overwrite:
+        raise ValueError("--resume keeps the runs in --out and --overwrite replaces them: give one")
     if resume:
         for _, run_dir, config in runs:
             _check_resumable(run_dir, config)
+    elif not overwrite:
+        held = [str(run_dir) for _, run_dir, _ in runs if holds_run(run_dir)]
+        if held:
+            raise ValueError(f"{len(held)} of the {len(runs)} run folders already hold a run (first: {held[0]}); "
+                             "pass --resume to keep and continue them, or --overwrite to train them again")
     threads = None
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         # Several multi-threaded torch processes on the same cores slow each other down many times over.
         threads = max(1, (os.cpu_count() or 1) // jobs)
     children = Children()
-    # SIGTERM / SIGHUP reach every running child (each saves its checkpoint); then exit 128 + signum.
+    # SIGTERM / SIGHUP reach every running child (each saves its checkpoint); then exit 130.
     with children.forwarding(), ThreadPoolExecutor(max_workers=jobs) as pool:
         # Longest first, so that the jobs finish together; the rows keep the given order.
         order = sorted(range(len(runs)), key=lambda i: -inner_work(runs[i][2]))
-        futures = {i: pool.submit(run_one, *runs[i], eval_tasks, resume, quiet, threads, children) for i in order}
+        futures = {i: pool.submit(run_one, *runs[i], eval_tasks, resume, quiet, threads, children, overwrite)
+                   for i in order}
         results = []
         for i in range(len(runs)):
             try:
@@ -244,13 +256,14 @@ def seed_runs(configs: dict[str, TrainConfig], out: Path, seeds: int = 1) -> lis
 
 
 def compare(configs: dict[str, TrainConfig], out: Path, eval_tasks: int | None = None, resume: bool = False,
-            jobs: int = 1, seeds: int = 1, reference: str | None = None) -> list[dict]:
+            jobs: int = 1, seeds: int = 1, reference: str | None = None, overwrite: bool = False) -> list[dict]:
     """Train and evaluate each ``{method: config}`` (``seeds`` seeds each) under ``out``; write the
     table, CSV and plot (and, over seeds, ``compare.json``). ``reference``: the method the paired
     differences are taken against (default ``maml`` when it is compared, else the first)."""
     if reference is not None and reference not in configs:
         raise ValueError(f"--reference {reference} is not among the compared methods ({', '.join(configs)})")
-    rows = run_many(seed_runs(configs, out, seeds), eval_tasks, resume, jobs)  # checks every config first
+    rows = run_many(seed_runs(configs, out, seeds), eval_tasks, resume, jobs,  # checks every config first
+                    overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(rows, out, reference)
     return rows

@@ -11,10 +11,17 @@ an Adam step, log; validate and checkpoint on schedule. Resume is exact: the che
 the parameters, the outer optimizer's state and the task sampler's position, so training N
 iterations, stopping (Ctrl-C, a crash, ``kill -9``) and resuming gives the same parameters,
 bit for bit on the CPU, as training without a stop (docs/reliability.md).
+
+A run folder has one writer at a time (:mod:`.run_lock`: a second train, resume or evaluate
+is refused naming the holder's PID), a new run never replaces an old one silently
+(``overwrite=True`` or ``resume=True``, :mod:`.run_folder`), a checkpoint is resumed or
+evaluated only if it agrees with ``config.json`` and its own digest (:mod:`.checkpoint`), and
+SIGTERM and SIGHUP stop like Ctrl-C (:mod:`.interrupt`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,7 +39,7 @@ from ..hypergrad import map_tasks, num_tasks
 from ..memory_budget import check_measurable
 from ..validation import check_output_dir
 from .benchmarks import BENCHMARKS, batch_to_tasks, make_benchmark
-from .checkpoint import CHECKPOINT, Checkpointer, Progress, load_checkpoint
+from .checkpoint import CHECKPOINT, Checkpointer, Progress, check_config, load_checkpoint, load_model_state
 from .config import TrainConfig, load_config, resolve, save_config
 from .determinism import make_deterministic
 from .health import SolverHealth
@@ -40,6 +47,8 @@ from .meta_step import MetaGradient, MetaStep, budget_chunk_size, take_tasks
 from .interrupt import StopRequest, TrainingInterrupted
 from .meters import MemoryMeter, Stopwatch
 from .methods import MethodSetup, build_method
+from .run_folder import claim_for_new_run, json_text, remove_leftover_temp_files, writing
+from .run_lock import RunLock
 from .run_log import MetricsLog, stats_record
 
 __all__ = ["train", "evaluate", "evaluate_params", "setup", "mean_ci95"]
@@ -128,15 +137,36 @@ def validate(benchmark, model, method: MethodSetup, config: TrainConfig, device,
 
 # --- the training loop and its small helpers
 
-def _run_config(config: TrainConfig | None, run_dir: Path, resume: bool, iterations: int | None) -> TrainConfig:
+def _run_config(config: TrainConfig | None, run_dir: Path, resume: bool, iterations: int | None,
+                places: dict) -> TrainConfig:
     if resume:
         if not (run_dir / CHECKPOINT).exists():
             raise ValueError(f"--resume {run_dir}: no {CHECKPOINT} there; start a run with --out {run_dir}")
         config = load_config(run_dir / "config.json")
     config = resolve(config)
-    if iterations is not None:
-        config = resolve(dataclasses.replace(config, iterations=iterations))
+    if iterations is not None or places:
+        config = resolve(dataclasses.replace(config, **places, **({} if iterations is None else
+                                                                    {"iterations": iterations})))
     return config
+
+
+def _places(data_root: str | None, device: str | None) -> dict:
+    """The settings that only say where things are, as given (``None``: the run's own)."""
+    return {k: v for k, v in (("data_root", data_root), ("device", device)) if v is not None}
+
+
+def _folder_lock(run_dir: Path, command: str):
+    """The run folder's lock in the process that writes (rank 0 under ``torchrun``)."""
+    return RunLock(run_dir, command) if World.launched().is_main else contextlib.nullcontext()
+
+
+def _read_summary(run_dir: Path) -> dict:
+    """``summary.json``, or ``{}`` when it is missing or not a JSON object (it is rewritten at the end)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def _make_run_dir(run_dir: Path) -> None:
@@ -178,9 +208,8 @@ def _check_world_size(run_dir: Path, world: World, resume: bool) -> None:
     """Resuming with another number of processes is allowed: every rank draws the whole
     meta-batch from the same sampler, so the task stream does not depend on the world size;
     only the order of float additions in the all-reduce changes. Say so once."""
-    summary = run_dir / "summary.json"
-    if resume and world.is_main and summary.exists():
-        before = json.loads(summary.read_text()).get("world_size", 1)
+    if resume and world.is_main and (run_dir / "summary.json").exists():
+        before = _read_summary(run_dir).get("world_size", 1)
         if before != world.size:
             print(f"note: {run_dir} was trained with {before} process(es), resumed with {world.size}: the same tasks "
                   "and meta-gradients up to float rounding (docs/distributed.md)", file=sys.stderr)
@@ -221,29 +250,64 @@ def _summary(config: TrainConfig, backend, run: Progress, memory: MemoryMeter, d
     }
 
 
+def _keep_peak_memory(summary: dict, before: dict, iterations_run: int) -> dict:
+    """A resume measures only its own iterations: the run's peak is the larger of the two
+    (the earlier one alone when nothing ran, never the 0.0 of an unmeasured process)."""
+    earlier = before.get("peak_memory_mb")
+    if not isinstance(earlier, (int, float)) or before.get("memory_kind") != summary["memory_kind"]:
+        return summary if iterations_run else {**summary, **{k: before[k] for k in ("peak_memory_mb", "memory_kind")
+                                                              if k in before}}
+    return {**summary, "peak_memory_mb": max(float(earlier), summary["peak_memory_mb"] if iterations_run else 0.0)}
+
+
 def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: bool = False,
-          iterations: int | None = None, progress: bool = True) -> dict:
+          iterations: int | None = None, progress: bool = True, overwrite: bool = False,
+          data_root: str | None = None, device: str | None = None) -> dict:
     """Meta-train into ``run_dir``; with ``resume=True`` continue the run saved there
     (``iterations`` then sets a new total).
+
+    A folder that already holds a run (a checkpoint, a summary or an evaluation) is refused
+    unless ``resume=True`` or ``overwrite=True`` (which deletes the old run's files first). The
+    folder is locked for the life of the call. ``data_root`` and ``device``, when given,
+    replace the config's (a resumed run's data may have moved, or it may go on on another device).
 
     Returns the summary (also written to ``summary.json``).
 
     Raises:
-        ValueError: bad settings or run folder (one line naming the fix).
+        ValueError: bad settings, a run folder that holds a run, or one in use by another
+            process (one line naming the fix or the PID).
         NonFiniteError: a NaN or infinite loss or meta-gradient (no checkpoint is written for it).
         SolverError: a linear solve failed under ``on_solver_failure="stop"``.
-        CheckpointError: the checkpoint to resume is unreadable or unsafe.
-        TrainingInterrupted: Ctrl-C; the last completed iteration was checkpointed.
+        CheckpointError: the checkpoint to resume is unreadable, unsafe, damaged, not finite or
+            another run's; or (its subclass ``RunFolderError``) a file of the run could not be
+            written (a full disk), or ``metrics.jsonl`` is damaged.
+        TrainingInterrupted: SIGINT (Ctrl-C), SIGTERM or SIGHUP; the last completed iteration was
+            checkpointed.
     """
     run_dir = Path(run_dir)
-    config = _run_config(config, run_dir, resume, iterations)
+    if resume and overwrite:
+        raise ValueError(f"train {run_dir}: --resume continues the run there and --overwrite deletes it; choose "
+                         "one")
+    config = _run_config(config, run_dir, resume, iterations, _places(data_root, device))
     if config.memory_budget_mb is not None:  # before any work
         budget_device = resolve_device(config.device)
         check_measurable(budget_device, resolve_vectorize(config.vectorize, budget_device, BENCHMARKS[config.benchmark]))
+    if World.launched().is_main:
+        _make_run_dir(run_dir)
+    with _folder_lock(run_dir, "train --resume" if resume else "train"):
+        if World.launched().is_main:
+            remove_leftover_temp_files(run_dir)  # a killed write's; no other writer lives here now
+            if not resume:
+                claim_for_new_run(run_dir, overwrite)  # a run there: refused unless overwrite, before loading data
+        if resume:  # another run's checkpoint is refused before any data are loaded (restore checks it again)
+            check_config(load_checkpoint(run_dir / CHECKPOINT), config, run_dir / CHECKPOINT)
+        return _train(config, run_dir, resume, progress)
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool) -> dict:
+    """:func:`train` in its locked, claimed run folder."""
     benchmark, model, method, device = setup(config)
     world = init_world(device)  # torchrun: join the process group; else one process
-    if world.is_main:
-        _make_run_dir(run_dir)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.outer_lr, eps=config.outer_eps)
     sampler = benchmark.sampler("train", config.seed)
     checkpoints = Checkpointer(run_dir / CHECKPOINT, model, optimizer, sampler, config)
@@ -253,7 +317,8 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
         raise ValueError(f"--iterations {config.iterations} is below the {run.iteration} iterations already in "
                          f"{run_dir}; ask for at least {run.iteration}")
     if world.is_main:
-        save_config(config, run_dir / "config.json")
+        with writing(run_dir / "config.json"):
+            save_config(config, run_dir / "config.json")
 
     vectorize = resolve_vectorize(config.vectorize, device, benchmark)
     params = dict(model.named_parameters())
@@ -307,35 +372,52 @@ def train(config: TrainConfig | None, run_dir: str | os.PathLike, *, resume: boo
             interrupted = _any_rank(interrupted, world)  # Ctrl-C reaches every rank; stop together
             if (_due(iteration, config.checkpoint_every, config.iterations) or interrupted) and world.is_main:
                 log.flush()  # the checkpoint must not cover records still in a buffer
-                checkpoints.save(run)
+                with writing(checkpoints.path):  # a full disk: one line, the previous checkpoint kept
+                    checkpoints.save(run)
             if interrupted:
-                raise TrainingInterrupted(f"interrupted after iteration {iteration} (checkpoint saved); resume "
-                                          f"with: bilevel train --resume {run_dir}")
+                raise TrainingInterrupted(f"interrupted ({stop.signal_name}) after iteration {iteration} (checkpoint "
+                                          f"saved); resume with: bilevel train --resume {run_dir}", stop.signum)
 
     summary = {**_summary(config, method.backend, run, memory, device, chunk_size), "world_size": world.size}
+    if resume:
+        summary = _keep_peak_memory(summary, _read_summary(run_dir), max(0, config.iterations - first + 1))
     if world.is_main:
-        atomic_write_text(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
+        with writing(run_dir / "summary.json"):
+            atomic_write_text(json_text(summary), run_dir / "summary.json")
     return summary
 
 
 def evaluate(run_dir: str | os.PathLike, *, tasks: int | None = None, split: str = "test",
-             progress: bool = True) -> dict:
-    """Mean metric and 95% interval of the trained run over ``tasks`` tasks of ``split``."""
+             progress: bool = True, data_root: str | None = None, device: str | None = None) -> dict:
+    """Mean metric and 95% interval of the trained run over ``tasks`` tasks of ``split``, also
+    written to ``evaluation-<split>.json`` (strict JSON: a NaN is ``null``).
+
+    The checkpoint must agree with ``config.json`` and its digest, and be finite
+    (:class:`~bilevel.fewshot.checkpoint.CheckpointError` otherwise); the folder is locked while
+    evaluating. ``data_root`` and ``device``, when given, replace the run's."""
     run_dir = Path(run_dir)
     if not (run_dir / CHECKPOINT).exists():
         raise ValueError(f"evaluate {run_dir}: no {CHECKPOINT} there; train first with --out {run_dir}")
     config = resolve(load_config(run_dir / "config.json"))
+    places = _places(data_root, device)
+    config = resolve(dataclasses.replace(config, **places)) if places else config
     tasks = tasks or config.eval_tasks
     if tasks < 2:
         raise ValueError(f"--tasks must be at least 2 for a confidence interval, got {tasks}")
+    with _folder_lock(run_dir, "evaluate"):
+        return _evaluate(config, run_dir, tasks, split, progress)
+
+
+def _evaluate(config: TrainConfig, run_dir: Path, tasks: int, split: str, progress: bool) -> dict:
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    check_config(state, config, run_dir / CHECKPOINT)  # before any data are loaded
     benchmark, model, method, device = setup(config)
     world = init_world(device)
-    state = load_checkpoint(run_dir / CHECKPOINT)
-    model.load_state_dict(state["model"])
+    load_model_state(model, state, run_dir / CHECKPOINT)
     sampler = benchmark.sampler(split, config.seed)
     chunk_size = config.chunk_size
     if config.memory_budget_mb is not None and (run_dir / "summary.json").exists():  # training's chunk fits
-        chunk_size = json.loads((run_dir / "summary.json").read_text()).get("chunk_size_chosen")
+        chunk_size = _read_summary(run_dir).get("chunk_size_chosen")
     stopwatch = Stopwatch(device)
     stopwatch.start()
     scores = evaluate_params(benchmark, model, method.eval_problem, dict(model.named_parameters()), sampler, tasks,
@@ -346,5 +428,7 @@ def evaluate(run_dir: str | os.PathLike, *, tasks: int | None = None, split: str
               "split": split, "tasks": tasks, "metric": benchmark.metric_name, "mean": mean, "ci95": ci,
               "iteration": state["iteration"], "seconds": stopwatch.stop(), "world_size": world.size}
     if world.is_main:
-        atomic_write_text(json.dumps(result, indent=2) + "\n", run_dir / f"evaluation-{split}.json")
+        path = run_dir / f"evaluation-{split}.json"
+        with writing(path):
+            atomic_write_text(json_text(result), path)
     return result

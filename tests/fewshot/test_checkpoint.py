@@ -69,8 +69,9 @@ def test_an_interrupted_write_keeps_the_previous_checkpoint_and_leaves_no_temp_f
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", disk_full_on_the_second_checkpoint)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="No space left") as info:  # one line (RunFolderError), exit 2
         train(TrainConfig(**TINY), run_dir, progress=False)
+    assert "checkpoint.pt" in str(info.value) and "intact" in str(info.value)
     monkeypatch.setattr(torch, "save", real_save)
     assert load_checkpoint(run_dir / "checkpoint.pt")["iteration"] == 2  # the previous one, whole
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
