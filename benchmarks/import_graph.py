@@ -28,7 +28,7 @@ LAYERS = {
     0: ("foundations", ["bilevel.errors", "bilevel.validation", "bilevel.tree", "bilevel.devices", "bilevel.eager"]),
     1: ("solvers", ["bilevel.hvp", "bilevel.solvers"]),
     2: ("problems", ["bilevel.problem", "bilevel.hypergrad", "bilevel.diagnostics", "bilevel.meta", "bilevel.modules",
-                     "bilevel.memory_budget", "bilevel.distributed"]),
+                     "bilevel.memory_budget", "bilevel.distributed", "bilevel.multilevel"]),
     3: ("backends", ["bilevel.adapters"]),
     4: ("applications", ["bilevel.fewshot", "bilevel.data", "bilevel.reproduce", "bilevel.bench", "bilevel.cli",
                          "bilevel.__main__"]),

@@ -21,6 +21,8 @@ from .solvers.linear import (CG, GMRES, Dense, LinearSolver, LinearSolveResult, 
 from .solvers.minres import MINRES, solve_minres
 from .meta import imaml_problem, maml_problem, model_loss, proximal_penalty
 from .modules import module_buffers, module_params, write_grad
+from .multilevel import (FiniteDifferenceLookahead, ImplicitMeta, Lookahead, TaskWeightedMetaTraining, UnrolledMeta,
+                         WeightHypergradient, WeightHypergradMethod, weight_hypergrad)
 from .solvers.newton_cg import NewtonCG
 from .problem import BilevelProblem, FixedPointProblem
 from .tree import Params
@@ -41,6 +43,9 @@ __all__ = [
     "FixedPointProblem", "FixedPointSolver", "FixedPointIteration", "Anderson", "FixedPointResult",
     "fixed_point_hypergrad", "batched_fixed_point_hypergrad", "FixedPointImplicit", "UnrolledFixedPoint",
     "fixed_point_implicit_hypergrad",
+    # three levels
+    "TaskWeightedMetaTraining", "weight_hypergrad", "WeightHypergradient", "WeightHypergradMethod", "UnrolledMeta",
+    "ImplicitMeta", "Lookahead", "FiniteDifferenceLookahead",
     # Hessian-vector products
     "hvp", "make_hvp", "make_ggn",
     # hypergradients
