@@ -90,8 +90,9 @@ def newton_change(inner_loss, outer_loss, theta, phi, inner_batch, outer_batch, 
                    inner_grad, g, residual):
     """``||g(phi) - g(phi')|| / ||g(phi')||`` at ``phi' = phi - H^-1 grad L_in(phi)`` (constants).
 
-    Skipped (0) when ``phi`` is stationary to rounding and the values can be read; computed
-    with data-independent control flow otherwise, so it runs under ``vmap``."""
+    0 where ``phi`` is stationary to rounding (``||grad L_in|| <= 1000 eps``, the floor of
+    :func:`~bilevel.diagnostics.stationarity`), alone or under ``vmap`` alike; the refinement is
+    skipped when every system is that stationary and the values can be read."""
     theta, phi = tree_detach(theta), tree_detach(phi)
     floor = 1000 * torch.finfo(residual.dtype).eps
     if known_true(residual <= floor):
@@ -102,7 +103,8 @@ def newton_change(inner_loss, outer_loss, theta, phi, inner_batch, outer_batch, 
                                  linear_solver=linear_solver, hvp_mode=hvp_mode, matvec=matvec,
                                  stationarity_rtol=None, newton_check=None).grad
     scale = torch.clamp(tree_norm(refined), min=floor)
-    return tree_norm(tree_sub(tree_detach(g), refined)) / scale
+    change = tree_norm(tree_sub(tree_detach(g), refined)) / scale
+    return torch.where(residual <= floor, torch.zeros_like(change), change)
 
 
 def attach_implicit_solution(inner_loss: Loss, theta: Params, phi: Params, inner_batch: Any, *,

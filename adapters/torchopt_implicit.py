@@ -85,8 +85,10 @@ class TorchoptImplicit(AutogradAdapter):
                 res = torch.sqrt(sum(((bi - (ai + ridge * xi)) ** 2).sum() for bi, ai, xi in zip(bs, ax, xs)))
                 b_norm = torch.sqrt(sum((bi ** 2).sum() for bi in bs))
                 ax_norm = torch.sqrt(sum(((ai + ridge * xi) ** 2).sum() for ai, xi in zip(ax, xs)))
-                # The true residual of a float32 solve cannot fall below rounding: ~eps (||Ax|| + ||b||).
-                rounding = 100 * torch.finfo(b_norm.dtype).eps * (ax_norm + b_norm)
+                # The true residual of a float32 solve cannot fall below rounding: ~eps (||Ax|| + ||b||);
+                # float64 honours tol as given, as threshold() does.
+                rounding = (100 * torch.finfo(b_norm.dtype).eps * (ax_norm + b_norm) if b_norm.dtype == torch.float32
+                            else torch.zeros_like(b_norm))
             converged = res <= torch.maximum(threshold(b_norm, s.tol, s.atol), rounding)
             diverged = ~torch.isfinite(res)
             record.append(LinearSolveResult(

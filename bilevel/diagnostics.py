@@ -57,8 +57,9 @@ class InnerStationarity(NamedTuple):
             ``newton_change <= newton_check``.
         newton_change: the relative change ``||g(phi) - g(phi - H^-1 grad L_in(phi))|| / ||g(...)||``
             of the hypergradient ``g`` when ``phi`` takes one Newton step toward stationarity: a
-            first-order estimate of the hypergradient's error due to the inner solve (NaN where
-            not measured; ``None`` from backends that do not measure it).
+            first-order estimate of the hypergradient's error due to the inner solve (0 where
+            ``phi`` is stationary to rounding; ``None`` where not measured). A non-finite change
+            (the refined point left the losses' domain, its solve overflowed) fails the check.
     """
 
     residual_norm: Tensor
@@ -86,7 +87,7 @@ def stationarity(kind: type, residual_norm: Tensor, reference_norm: Tensor, rtol
     """``kind(residual, reference, stationary)`` with ``stationary`` judged by ``rtol``/``atol``
     (``rtol=None``: not judged, always ``True``). ``atol`` defaults to ``1000 eps`` of the dtype
     (2e-13 in float64, 1e-4 in float32), a floor for a start that is already a solution.
-    ``newton_change`` (:class:`InnerStationarity` only), where given and not NaN, must also be
+    ``newton_change`` (:class:`InnerStationarity` only), where given, must also be finite and
     at most ``newton_check``."""
     residual_norm, reference_norm = residual_norm.detach(), reference_norm.detach()
     if atol is None:
@@ -99,7 +100,7 @@ def stationarity(kind: type, residual_norm: Tensor, reference_norm: Tensor, rtol
         return kind(residual_norm, reference_norm, ok)
     newton_change = newton_change.detach()
     if rtol is not None and newton_check is not None:
-        ok = ok & ~(newton_change > newton_check)  # NaN (not measured) passes
+        ok = ok & (newton_change <= newton_check)  # a non-finite change (a broken refinement) fails
     return kind(residual_norm, reference_norm, ok, newton_change)
 
 
@@ -195,9 +196,9 @@ def failures(d: Diagnostics) -> list[Failure]:
                 newton = ""
                 if st.newton_change is not None:
                     change = float(st.newton_change.reshape(-1)[worst])
-                    if change == change:  # measured (not NaN)
-                        newton = (f"; one Newton step of the inner problem, phi - H^-1 grad L_in(phi), changes the "
-                                  f"hypergradient by {change:.1e} of its norm")
+                    newton = (f"; one Newton step of the inner problem, phi - H^-1 grad L_in(phi), changes the "
+                              f"hypergradient by {change:.1e} of its norm" if change == change else
+                              "; the hypergradient after one Newton step of the inner problem is not finite")
                 out.append(Failure("not_stationary", bad, (
                     f"the inner solution is not stationary in {of(bad)} tasks (||grad L_in(phi)|| = "
                     f"{float(st.residual_norm.reshape(-1)[worst]):.3e}, {ratio:.1e} of its value at the start"

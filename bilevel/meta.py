@@ -86,7 +86,9 @@ def model_loss(module: nn.Module, criterion: Callable[[Any, Tensor], Tensor] = F
     def loss(params: Params, batch) -> Tensor:
         _check_params(names, frozen, params, trainable)
         x, y = batch
-        state = {**_buffers(module, norms), **{k: p.detach() for k, p in frozen.items()}, **params}
+        # The frozen parameters are read from the module at each call (a reassigned parameter included).
+        current = {k: p.detach() for k, p in module.named_parameters() if k not in names}
+        state = {**_buffers(module, norms), **current, **params}
 
         def call(*args, **kwargs):
             try:

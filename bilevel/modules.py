@@ -193,6 +193,10 @@ def write_grad(target: nn.Module | Mapping[str, Tensor], grad: Mapping[str, Tens
         if g.dtype != p.dtype or g.device != p.device:
             raise TypeError(f"write_grad: grad[{k!r}] is {g.dtype} on {g.device}, but {where}'s {k!r} is {p.dtype} "
                             f"on {p.device}; convert it with .to(p).")
+        if where != "target" and not p.requires_grad:
+            raise ValueError(f"write_grad: the module's parameter {k!r} is frozen (requires_grad=False), but grad "
+                             "holds it: an optimizer would step it anyway. Leave it out of theta "
+                             "(module_params(model, trainable=...)) or unfreeze it.")
         if where == "target" and not p.requires_grad:
             raise ValueError(f"write_grad: target[{k!r}] does not require grad, so no optimizer steps it and its .grad "
                              "would go unused. module_params returns detached views: write into the module instead, "

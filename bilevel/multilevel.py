@@ -28,7 +28,8 @@ one small method object computes ``dV/dw`` (:func:`weight_hypergrad`, ``method=`
 * :class:`FiniteDifferenceLookahead`: DARTS's second-order approximation, the lookahead's
   inner product by central differences of the task losses:
   ``-lr (l_i(theta + e v) - l_i(theta - e v)) / (2 e)``, ``v = grad V(theta')``, ``e = eps / ||v||``
-  (equal to :class:`Lookahead` up to ``O(e^2)``, exactly when the ``l_i`` are quadratic).
+  (equal to :class:`Lookahead` up to ``O(e^2)``, exactly when the ``l_i`` are quadratic, when the
+  level-3 backend's ``g_i`` is the exact gradient of ``l_i``).
 
 Clipping (NestedMAML: ``w <- max(w - beta dV/dw, 0)``) and clustering (one weight per cluster of
 tasks: ``w = w_cluster[cluster_of_task]``, whose gradient is the per-task gradient summed over each
@@ -48,13 +49,16 @@ from torch import Tensor
 from .diagnostics import Diagnostics, InnerStationarity, check_failures, check_on_failure, stationarity
 from .hypergrad import HypergradBackend, Hypergradient, batched_hypergrad, map_tasks, num_tasks
 from .problem import BilevelProblem
-from .solvers.inner import GradientDescent, InnerSolver, WithGradient, run_inner
+from .solvers.inner import Adam, GradientDescent, GradientDescentThenPull, InnerSolver, Momentum, WithGradient, run_inner
 from .solvers.linear import CG, LinearSolver, check_linear_solver
-from .tree import Params, tree_add, tree_axpy, tree_detach, tree_dot, tree_norm
+from .tree import Params, tree_add, tree_axpy, tree_detach, tree_norm
 from .validation import check_int, check_positive
 
 __all__ = ["TaskWeightedMetaTraining", "WeightHypergradient", "WeightHypergradMethod", "UnrolledMeta",
            "ImplicitMeta", "Lookahead", "FiniteDifferenceLookahead", "weight_hypergrad"]
+
+GRADIENT_ONLY_SOLVERS = (GradientDescent, GradientDescentThenPull, Momentum, Adam)
+"""The meta-solvers whose steps read only the gradient, the one thing the meta-objective provides."""
 
 Tasks = tuple[Any, Any]
 """``(inner_batches, outer_batches)``, every tensor with the task index as dimension 0."""
@@ -117,6 +121,13 @@ class TaskWeightedMetaTraining:
         if not isinstance(self.meta_solver, InnerSolver):
             raise TypeError(f"{call}: meta_solver must be an InnerSolver such as GradientDescent(lr=0.1, steps=10), "
                             f"got {type(self.meta_solver).__name__}.")
+        if not isinstance(self.meta_solver, GRADIENT_ONLY_SOLVERS):
+            # The meta-objective carries its gradient G (the level-3 hypergradients), not a value whose
+            # derivatives a solver could take: NewtonCG's line search and Hessian products would read a
+            # constant and return a zero hypergradient without a word.
+            raise TypeError(f"{call}: meta_solver must use only gradients ("
+                            f"{', '.join(t.__name__ for t in GRADIENT_ONLY_SOLVERS)}), got "
+                            f"{type(self.meta_solver).__name__}, which also reads the objective's value or Hessian.")
         for name in ("train", "validation"):
             tasks = getattr(self, name)
             if not (isinstance(tasks, tuple) and len(tasks) == 2):
@@ -251,8 +262,11 @@ class ImplicitMeta(WeightHypergradMethod):
     ``theta*`` is the meta-solver's result from ``theta`` (no graph kept); then
     ``(dG/dtheta)^T u = grad V(theta*)`` is solved by ``linear_solver`` over vjps through the
     level-3 hypergradient (``create_graph=True``), and ``dV/dw = -(dG/dw)^T u`` (one more vjp).
-    ``dG/dtheta`` is the Hessian of ``F``: symmetric, and positive definite at a strict
-    minimum, so CG applies; MINRES or GMRES where it is not. Memory is flat in the number of
+    When each ``g_i`` is the exact gradient of ``l_i`` (``Unrolled`` at level 3, or an implicit
+    backend solved to convergence), ``dG/dtheta`` is the Hessian of ``F``: symmetric, and
+    positive definite at a strict minimum, so CG applies; MINRES where it is indefinite. With an
+    approximate level-3 gradient (``FirstOrder``, a truncated CG) the Jacobian is not symmetric:
+    use GMRES. Memory is flat in the number of
     meta-steps. The linear solve's result and the stationarity ``||G(theta*, w)||`` against
     ``||G(theta, w)||`` (judged with ``stationarity_rtol``; ``None``: not judged) go through the
     failure policy (``on_failure`` of the level).
@@ -323,7 +337,10 @@ class FiniteDifferenceLookahead(WeightHypergradMethod):
     ``dV/dw_i ~ -lr (l_i(theta + e v) - l_i(theta - e v)) / (2 e)``, ``v = grad V(theta')``,
     ``e = eps / ||v||`` (DARTS: ``eps = 0.01``).
 
-    Central differences of ``<v, g_i(theta)>``: an ``O(e^2)`` error, none for quadratic ``l_i``.
+    Central differences of the task losses, so of ``<v, grad l_i(theta)>``: this equals
+    :class:`Lookahead`'s ``<v, g_i(theta)>`` up to ``O(e^2)`` (exactly for quadratic ``l_i``)
+    when the backend's ``g_i`` is the exact gradient of ``l_i``; with an approximate one
+    (``FirstOrder``) the two differ by its error.
     Costs ``n + m`` level-3 gradients and ``2n`` task-loss values, no per-task gradient kept.
     """
 

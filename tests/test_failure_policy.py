@@ -280,3 +280,26 @@ def test_half_precision_is_computed_in_float32(dtype):
         assert r.grad["l"].dtype == dtype
         # float32 arithmetic on half-rounded inputs: the error is the inputs' rounding, not the solve's
         assert rel({"l": r.grad["l"].double()}, exact.grad) < (3e-2 if dtype == torch.bfloat16 else 5e-3)
+
+
+def test_a_non_finite_newton_change_fails_the_stationarity_check():
+    """A refinement that left the losses' domain (NaN) is not a pass."""
+    from bilevel.diagnostics import InnerStationarity, stationarity
+
+    one = torch.tensor(1e-6, dtype=torch.float64)
+    for bad in (float("nan"), float("inf")):
+        st = stationarity(InnerStationarity, one, torch.tensor(1.0, dtype=torch.float64), 1e-2,
+                          newton_change=torch.tensor(bad, dtype=torch.float64), newton_check=1e-2)
+        assert not bool(st.stationary)
+
+
+def test_the_convergence_floor_is_float32s_only():
+    """100 eps in float32 (what it can reach); none in float64, and none in bfloat16/float16, whose
+    100 eps would pass a residual of 78% / 10% of ||b||."""
+    from bilevel.solvers.linear import threshold
+
+    floor32 = 100 * torch.finfo(torch.float32).eps
+    assert abs(float(threshold(torch.tensor(1.0), 1e-10, 0.0)) - floor32) <= 1e-3 * floor32
+    assert float(threshold(torch.tensor(1.0, dtype=torch.float64), 1e-10, 0.0)) == 1e-10
+    for half in (torch.bfloat16, torch.float16):  # tol * ||b|| in that dtype (1e-10, or 0 where it underflows)
+        assert float(threshold(torch.tensor(1.0, dtype=half), 1e-10, 0.0)) < 1e-9

@@ -344,3 +344,14 @@ def test_modules_page_snippets_run():
     namespace = {"__name__": "modules_page"}
     for code in blocks:
         exec(compile(code, str(page), "exec"), namespace)
+
+
+def test_write_grad_refuses_a_frozen_parameter_of_a_module():
+    """An optimizer steps any parameter whose .grad is set, requires_grad or not: writing one
+    into a frozen layer would train it."""
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)).double()
+    net[0].weight.requires_grad_(False)
+    grads = {k: torch.ones_like(p) for k, p in net.named_parameters()}
+    with pytest.raises(ValueError, match=r"'0.weight' is frozen"):
+        write_grad(net, grads)
+    assert net[0].weight.grad is None

@@ -235,3 +235,13 @@ def test_nonconvex_finite_difference_lookahead_converges_to_the_lookahead_at_sec
               for eps in (0.04, 0.02)]
     assert errors[0] > 1e-8  # a nonconvex l_i: DARTS's differences are not exact
     assert 3.0 < errors[0] / errors[1] < 5.0, errors  # O(eps^2): halving eps quarters the error
+
+
+def test_a_meta_solver_that_reads_the_objectives_value_is_refused():
+    """NewtonCG's line search and Hessian products would read the meta-objective's value, which
+    carries only its gradient: it used to return a zero weight hypergradient without a word."""
+    from bilevel import NewtonCG
+
+    with pytest.raises(TypeError, match="must use only gradients .*NewtonCG"):
+        TaskWeightedMetaTraining(QUADRATIC, Unrolled(), train=TRAIN, validation=VAL,
+                                 meta_solver=NewtonCG(steps=2, cg_steps=2))

@@ -145,11 +145,12 @@ def state_digest(state: dict) -> str:
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """Write ``state`` to ``path`` atomically, with its :func:`state_digest` as ``sha256``, after
     checking that it is all tensors and plain values (``TypeError`` otherwise) and that the
-    parameters and optimizer state are finite (:class:`~bilevel.errors.NonFiniteError`
-    otherwise; nothing is written then). A failed write (``OSError``) keeps the previous file."""
+    whole state is finite, parameters, optimizer state and numbers alike, as :func:`load_checkpoint`
+    requires (:class:`~bilevel.errors.NonFiniteError` otherwise; nothing is written then: a run
+    never saves a checkpoint it could not load). A failed write (``OSError``) keeps the previous file."""
     _check_plain(state, "the checkpoint")
-    for key in ("model", "optimizer"):
-        bad = _first_nonfinite(state.get(key, {}), key)
+    for key in state:
+        bad = _first_nonfinite(state[key], key)
         if bad:
             raise NonFiniteError(f"iteration {state.get('iteration')}: {bad} is not finite; refusing to write "
                                  f"{path} (the previous checkpoint, if any, is kept)")

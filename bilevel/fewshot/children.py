@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 __all__ = ["Children", "FORWARDED_SIGNALS", "STOPPED_ON_REQUEST", "StopRequested"]
 
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+FORWARDED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 STOPPED_ON_REQUEST = 130  # as `bilevel train` after Ctrl-C, SIGTERM or SIGHUP: checkpoints saved
 
 
@@ -69,7 +69,9 @@ class Children:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = {s: signal.signal(s, self._forward) for s in FORWARDED_SIGNALS}
+        # A signal ignored by whoever started us (`nohup`: SIGHUP) stays ignored, as the children's.
+        previous = {s: signal.signal(s, self._forward) for s in FORWARDED_SIGNALS
+                    if signal.getsignal(s) is not signal.SIG_IGN}
         try:
             yield self
         finally:

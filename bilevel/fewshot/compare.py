@@ -22,6 +22,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -158,6 +159,9 @@ def run_one(name: str, run_dir: Path, config: TrainConfig, eval_tasks: int | Non
         finally:
             children.finished(process)
         if process.exitcode != 0:
+            if children.stop_signal is not None and process.exitcode in (130, -children.stop_signal):
+                raise StopRequested(f"{name}: stopped by {signal.Signals(children.stop_signal).name} "
+                                    f"(checkpoint in {run_dir})")
             raise RuntimeError(f"{name}: training or evaluation in {run_dir} failed (exit code {process.exitcode}); "
                                "see the message above")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -213,7 +217,7 @@ def run_many(runs: list[tuple[str, Path, TrainConfig]], eval_tasks: int | None =
         for i in range(len(runs)):
             try:
                 results.append(futures[i].result())
-            except (RuntimeError, StopRequested):
+            except StopRequested:  # stopped by the forwarded signal (saved), or not started after it
                 if children.stop_signal is None:
                     raise
         return results

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 try:
@@ -52,13 +53,19 @@ class RunLock:
                                  f"({exc.strerror}); choose a writable run folder") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # held by another process (BlockingIOError), or a file system without locks
+            except BlockingIOError:  # held by another process
                 holder = os.read(fd, 200).decode("utf-8", "replace").split()
                 os.close(fd)
                 pid, command = (holder[0], " ".join(holder[1:]) or "?") if holder else ("?", "?")
                 raise ValueError(f"{self.path.parent} is in use by another bilevel process (PID {pid}, bilevel "
                                  f"{command}); two writers would mix their checkpoints and logs: wait for it to end "
                                  f"or stop it (kill {pid}), or choose another run folder") from None
+            except OSError as exc:  # a file system without locks (NFS without lockd: ENOLCK, EOPNOTSUPP)
+                os.close(fd)
+                warnings.warn(f"{self.path.parent}: its file system cannot lock ({exc.strerror}); the run goes on "
+                              "unlocked, so make sure no other process writes this folder", RuntimeWarning,
+                              stacklevel=2)
+                return self
             # The holder before us may have unlinked the file between our open and our flock: then
             # we hold a lock on a name nobody else sees. Take the lock on the file the path names.
             try:
@@ -68,8 +75,13 @@ class RunLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {self.command}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {self.command}\n".encode())
+        except OSError as exc:  # a full disk: release the lock rather than hold it for the process's life
+            os.close(fd)
+            raise ValueError(f"{self.path.parent}: cannot write the run's lock file {LOCK_FILE} ({exc.strerror})") \
+                from None
         self._fd = fd
         return self
 

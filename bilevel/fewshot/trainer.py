@@ -363,7 +363,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool) -> 
 
             if _due(iteration, config.val_every, config.iterations):
                 val_mean, val_ci = validate(benchmark, model, method, config, device, vectorize, world, chunk_size)
-                if is_improvement(val_mean, run.best_val, benchmark.higher_is_better):
+                # An overflowed validation (inf) is no best: a checkpoint holding it could not be loaded.
+                if math.isfinite(val_mean) and is_improvement(val_mean, run.best_val, benchmark.higher_is_better):
                     run.best_val = val_mean
                 log.write({"iteration": iteration, "split": "val", metric: val_mean, "ci95": val_ci})
                 if world.is_main:  # one line per validation, not one per process

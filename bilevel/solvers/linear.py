@@ -108,11 +108,12 @@ def budget_truncated(configured: bool, converged: Tensor, stopped_early: Tensor,
 
 def threshold(b_norm: Tensor, tol: float, atol: float) -> Tensor:
     """The residual norm below which a solve counts as converged: ``max(tol, floor) ||b||``,
-    at least ``atol``. ``floor`` is ``100 eps`` of ``b``'s dtype in float32 and lower
-    precision, where the default ``tol=1e-10`` is out of reach (a float32 solve stalls near
-    ``eps ||b||``), and 0 in float64, where every ``tol``, 0 included, is honoured as given."""
-    eps = torch.finfo(b_norm.dtype).eps
-    floor = 100 * eps if eps > 1e-12 else 0.0
+    at least ``atol``. ``floor`` is ``100 eps`` (1.2e-5) in float32, where the default
+    ``tol=1e-10`` is out of reach (a float32 solve stalls near ``eps ||b||``), and 0 in every
+    other dtype: float64 honours every ``tol``, 0 included, as given, and a solve in bfloat16
+    or float16 (whose ``100 eps`` would pass a residual of 78% or 10% of ``||b||``) is judged
+    by ``tol`` too (the library's hypergradients compute in float32 for half-precision models)."""
+    floor = 100 * torch.finfo(torch.float32).eps if b_norm.dtype == torch.float32 else 0.0
     return torch.clamp(max(tol, floor) * b_norm, min=atol)
 
 

@@ -363,3 +363,44 @@ def test_compare_refuses_folders_that_hold_runs_unless_resume_or_overwrite(tmp_p
         run_many([("maml", held, config)])
     with pytest.raises(ValueError, match="give one"):
         run_many([("maml", held, config)], resume=True, overwrite=True)
+
+
+# --- review findings: a file system without locks, nohup, an overflowed validation
+
+def test_a_file_system_without_locks_warns_and_runs_unlocked(tmp_path, monkeypatch):
+    import fcntl
+
+    from bilevel.fewshot.run_lock import RunLock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(RuntimeWarning, match="cannot lock .*unlocked"):
+        with RunLock(tmp_path, "train"):
+            pass
+
+
+def test_compare_keeps_a_signal_that_was_ignored_ignored():
+    """`nohup bilevel compare`: SIGHUP stays ignored (the children ignore it too), SIGTERM is forwarded."""
+    from bilevel.fewshot.children import Children
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    term = signal.getsignal(signal.SIGTERM)
+    try:
+        with Children().forwarding():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not term  # forwarded
+        assert signal.getsignal(signal.SIGTERM) is term  # restored
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_checkpoint_that_could_not_be_loaded_is_never_written(tmp_path):
+    """An overflowed validation (best_val inf) used to be saved, then refused on every load."""
+    from bilevel.errors import NonFiniteError
+
+    state = {"iteration": 3, "model": {"w": torch.zeros(2)}, "optimizer": {}, "best_val": float("inf")}
+    with pytest.raises(NonFiniteError, match=r"best_val is not finite"):
+        save_checkpoint(tmp_path / "checkpoint.pt", state)
+    assert not (tmp_path / "checkpoint.pt").exists()
