@@ -44,8 +44,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
-import json
-import math
 import logging
 import platform
 import statistics
@@ -63,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bilevel import CG, Unrolled, run_inner  # noqa: E402
+from bilevel.fewshot.run_folder import json_text  # noqa: E402
 from bilevel.multilevel import (FiniteDifferenceLookahead, ImplicitMeta, Lookahead, UnrolledMeta,  # noqa: E402
                                 weight_hypergrad)
 from multilevel_error import sinusoid  # noqa: E402
@@ -114,6 +113,18 @@ class Captured:
             p.data.clamp_(min=0)
 
 
+def engine_runner(engine, top, wmod, tmod, w0, theta0):
+    """One outer step of a Betty graph from the same start each call: the weight gradient that
+    ``top`` captured and the meta-parameters after the meta-steps."""
+    def run():
+        wmod.load({"w": w0})
+        tmod.load(theta0)
+        engine.run()
+        return top.captured, {k: v.detach().clone() for k, v in tmod().items()}
+
+    return run
+
+
 def betty_two(case, kind, **cfg):
     """Weights -> Meta, level 3 inside Meta's loss. Returns (engine, run) with run() one outer step."""
     level, w0, theta0 = case["level"](Unrolled()), case["w"], case["theta0"]
@@ -140,13 +151,7 @@ def betty_two(case, kind, **cfg):
     engine = Engine(config=EngineConfig(train_iters=STEPS, valid_step=10**9, strategy="cpu"), problems=[top, meta],
                     dependencies={"u2l": {top: [meta]}, "l2u": {meta: [top]}})
 
-    def run():
-        wmod.load({"w": w0})
-        tmod.load(theta0)
-        engine.run()
-        return top.captured, {k: v.detach().clone() for k, v in tmod().items()}
-
-    return run
+    return engine_runner(engine, top, wmod, tmod, w0, theta0)
 
 
 def betty_three(case, kind, lam=1.0, **cfg):
@@ -201,13 +206,7 @@ def betty_three(case, kind, lam=1.0, **cfg):
                     problems=[top, meta, train, val],
                     dependencies={"u2l": {top: [val], meta: [train]}, "l2u": {train: [meta], val: [meta], meta: [top]}})
 
-    def run():
-        wmod.load({"w": w0})
-        tmod.load(theta0)
-        engine.run()
-        return top.captured, {k: v.detach().clone() for k, v in tmod().items()}
-
-    return run
+    return engine_runner(engine, top, wmod, tmod, w0, theta0)
 
 
 def betty_cg_on_spd(iterations, n=20):
@@ -235,17 +234,6 @@ def compare(g, ref):
     return dict(rel_error=float((g - ref).norm() / ref.norm()),
                 cosine=float(g @ ref / (g.norm() * ref.norm())) if g.norm() > 0 else float("nan"),
                 norm_ratio=float(g.norm() / ref.norm()))
-
-
-def strict_json(value):
-    """``value`` with every non-finite float as ``None``: the JSON file is strict (an undefined cosine is null)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
 
 
 def main(argv=None):
@@ -370,7 +358,7 @@ def main(argv=None):
         + ", ".join(f"{k} it. {e:.2e}" for k, e in spd.items()))
     total = time.perf_counter() - t_start
     log(f"total {total:.1f} s")
-    (out / "results.json").write_text(json.dumps(strict_json(dict(
+    (out / "results.json").write_text(json_text(dict(
         command=lines[0], torch=torch.__version__, betty="0.2.1", python=platform.python_version(), dtype="float64",
         problem="sinusoid() of benchmarks/multilevel_error.py: 8 training tasks (2 outliers), 4 validation tasks, "
                 "MAML level 3 (5 steps at 0.01), 10 SGD meta-steps at 0.03 with (1/2)||theta - theta_0||^2, w = 1/8",
@@ -378,7 +366,7 @@ def main(argv=None):
         time=f"one outer step, implementations alternated round-robin over {args.repeats} rounds after a warm-up "
              "round, median; 1 thread on a CPU shared with other work",
         failures=failures, cg_same_iterations=pairs, betty_cg_on_spd_quadratic=spd, rows=rows,
-        total_seconds=total)), indent=1, allow_nan=False) + "\n")
+        total_seconds=total)))  # strict JSON: an undefined cosine is null
     (out / "results.log").write_text("\n".join(lines) + "\n")
 
 

@@ -740,55 +740,50 @@ def c6_ii():
     return {"verdict": "SILENT-WRONG", "notes": "ran"}
 
 
-@case("6iii-model-loss-head-only", "maml_problem(model_loss(model)) with theta = the head's parameters only")
-def c6_iii():
+def head_only_task():
+    """A tanh MLP whose head (``2.*``) is theta, with one support and one query set."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).double()
-    theta = {k: v.detach().clone() for k, v in model.named_parameters() if k.startswith("2.")}
     g = torch.Generator().manual_seed(0)
-    xs, ys = torch.randn(10, 4, generator=g, dtype=D), torch.randint(0, 2, (10,), generator=g)
-    xq, yq = torch.randn(10, 4, generator=g, dtype=D), torch.randint(0, 2, (10,), generator=g)
-    problem = maml_problem(model_loss(model), GradientDescent(lr=0.1, steps=3))
-    r = hypergrad(problem, theta, (xs, ys), (xq, yq), backend=Unrolled())
+    support = torch.randn(10, 4, generator=g, dtype=D), torch.randint(0, 2, (10,), generator=g)
+    query = torch.randn(10, 4, generator=g, dtype=D), torch.randint(0, 2, (10,), generator=g)
+    return model, support, query
 
-    # Reference: the body frozen at the module's values, the head adapted, by hand.
-    body = {k: v.detach() for k, v in model.named_parameters() if not k.startswith("2.")}
 
-    def loss(head, b):
-        return F.cross_entropy(functional_call(model, {**body, **head}, (b[0],)), b[1])
+def head_only_maml_reference(model, head, support, query):
+    """MAML (3 steps at 0.1) of the head by hand, the body frozen at the module's values."""
+    body = {k: v.detach() for k, v in model.named_parameters() if k not in head}
 
-    def maml(head):
-        p = head
+    def loss(h, b):
+        return F.cross_entropy(functional_call(model, {**body, **h}, (b[0],)), b[1])
+
+    def maml(h):
+        p = h
         for _ in range(3):
-            gg = grad(loss)(p, (xs, ys))
+            gg = grad(loss)(p, support)
             p = {k: p[k] - 0.1 * gg[k] for k in p}
-        return loss(p, (xq, yq))
-    ref = grad(maml)(theta)
+        return loss(p, query)
+    return grad(maml)({k: v.detach().clone() for k, v in head.items()})
+
+
+@case("6iii-model-loss-head-only", "maml_problem(model_loss(model)) with theta = the head's parameters only")
+def c6_iii():
+    model, support, query = head_only_task()
+    theta = {k: v.detach().clone() for k, v in model.named_parameters() if k.startswith("2.")}
+    problem = maml_problem(model_loss(model), GradientDescent(lr=0.1, steps=3))
+    r = hypergrad(problem, theta, support, query, backend=Unrolled())
+    ref = head_only_maml_reference(model, theta, support, query)
     return {"values": tolist(r.grad), "reference": tolist(ref), "error": rel_err(r.grad, ref), "tolerance": 1e-8}
 
 
 @case("6iii-model-loss-trainable", "the fix 6iii names: module_params(model, trainable='2') and model_loss(model, "
       "trainable='2')")
 def c6_iii_fixed():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).double()
-    theta, frozen = module_params(model, trainable="2")
-    g = torch.Generator().manual_seed(0)
-    xs, ys = torch.randn(10, 4, generator=g, dtype=D), torch.randint(0, 2, (10,), generator=g)
-    xq, yq = torch.randn(10, 4, generator=g, dtype=D), torch.randint(0, 2, (10,), generator=g)
+    model, support, query = head_only_task()
+    theta, _ = module_params(model, trainable="2")
     problem = maml_problem(model_loss(model, trainable="2"), GradientDescent(lr=0.1, steps=3))
-    r = hypergrad(problem, {k: v.clone() for k, v in theta.items()}, (xs, ys), (xq, yq), backend=Unrolled())
-
-    def loss(head, b):
-        return F.cross_entropy(functional_call(model, {**frozen, **head}, (b[0],)), b[1])
-
-    def maml(head):
-        p = head
-        for _ in range(3):
-            gg = grad(loss)(p, (xs, ys))
-            p = {k: p[k] - 0.1 * gg[k] for k in p}
-        return loss(p, (xq, yq))
-    ref = grad(maml)({k: v.clone() for k, v in theta.items()})
+    r = hypergrad(problem, {k: v.clone() for k, v in theta.items()}, support, query, backend=Unrolled())
+    ref = head_only_maml_reference(model, theta, support, query)
     return {"values": tolist(r.grad), "reference": tolist(ref), "error": rel_err(r.grad, ref), "tolerance": 1e-8}
 
 

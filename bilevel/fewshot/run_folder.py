@@ -96,20 +96,15 @@ def remove_leftover_temp_files(run_dir: Path) -> list[Path]:
 def _reason(exc: BaseException) -> str:
     """The ``strerror`` of the first ``OSError`` in ``exc``'s chain (torch wraps it in a
     ``RuntimeError``), else ``exc``'s first line."""
-    seen = exc
-    while seen is not None:
+    for seen in _chain(exc):
         if isinstance(seen, OSError) and seen.strerror:
             return seen.strerror
-        seen = seen.__cause__ or seen.__context__
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _is_write_failure(exc: BaseException) -> bool:
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, OSError):
-            return True
-        seen = seen.__cause__ or seen.__context__
+    if any(isinstance(seen, OSError) for seen in _chain(exc)):
+        return True
     return isinstance(exc, RuntimeError) and "write" in str(exc).lower()  # torch's "file write failed"
 
 

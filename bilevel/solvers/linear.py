@@ -117,6 +117,19 @@ def threshold(b_norm: Tensor, tol: float, atol: float) -> Tensor:
     return torch.clamp(max(tol, floor) * b_norm, min=atol)
 
 
+def krylov_operator(call: str, matvec: Matvec, b: Params, maxiter: int | None, tol: float, atol: float,
+                    ridge: float) -> tuple[Matvec, int]:
+    """The checked settings shared by CG and MINRES: ``(v -> A v + ridge v, maxiter)``, where
+    ``maxiter=None`` is the number of unknowns (at least 1)."""
+    if maxiter is None:
+        maxiter = max(tree_numel(b), 1)
+    check_int(call, "maxiter", maxiter)
+    check_nonnegative(call, "tol", tol)
+    check_nonnegative(call, "atol", atol)
+    check_nonnegative(call, "ridge", ridge)
+    return (matvec if ridge == 0 else (lambda v: tree_axpy(ridge, v, matvec(v)))), maxiter
+
+
 def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: int | None = None,
              tol: float = 1e-10, atol: float = 0.0, ridge: float = 0.0,
              negative_curvature: str = "stop", truncated: bool = False,
@@ -141,14 +154,8 @@ def solve_cg(matvec: Matvec, b: Params, *, init: Params | None = None, maxiter: 
         >>> torch.allclose(A @ res.solution["x"], torch.tensor([1.0, 2.0])), bool(res.converged)
         (True, True)
     """
-    if maxiter is None:
-        maxiter = max(tree_numel(b), 1)
-    check_int("solve_cg", "maxiter", maxiter)
-    check_nonnegative("solve_cg", "tol", tol)
-    check_nonnegative("solve_cg", "atol", atol)
-    check_nonnegative("solve_cg", "ridge", ridge)
+    op, maxiter = krylov_operator("solve_cg", matvec, b, maxiter, tol, atol, ridge)
     check_choice("solve_cg", "negative_curvature", negative_curvature, ("stop", "continue"))
-    op = matvec if ridge == 0 else (lambda v: tree_axpy(ridge, v, matvec(v)))
 
     x = tree_zeros_like(b) if init is None else init
     r = b if init is None else tree_sub(b, op(x))

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 
 from ..eager import known_true
-from .linear import (LinearSolver, LinearSolveResult, Matvec, _raise_if_failed, budget_truncated,
-                           threshold)
-from ..tree import Params, tree_axpy, tree_dot, tree_numel, tree_scale, tree_sub, tree_where, tree_zeros_like
+from .linear import (LinearSolver, LinearSolveResult, Matvec, _raise_if_failed, budget_truncated, krylov_operator,
+                     threshold)
+from ..tree import Params, tree_axpy, tree_dot, tree_scale, tree_sub, tree_where, tree_zeros_like
 from ..validation import check_flag, check_int, check_nonnegative
 
 __all__ = ["solve_minres", "MINRES"]
@@ -102,14 +102,8 @@ def solve_minres(matvec: Matvec, b: Params, *, init: Params | None = None, maxit
         >>> bool(res.negative_curvature)  # CG would have met p^T A p <= 0 here
         True
     """
-    if maxiter is None:
-        maxiter = max(tree_numel(b), 1)
-    check_int("solve_minres", "maxiter", maxiter)
-    check_nonnegative("solve_minres", "tol", tol)
-    check_nonnegative("solve_minres", "atol", atol)
-    check_nonnegative("solve_minres", "ridge", ridge)
+    op, maxiter = krylov_operator("solve_minres", matvec, b, maxiter, tol, atol, ridge)
     check_flag("solve_minres", "truncated", truncated)
-    op = matvec if ridge == 0 else (lambda v: tree_axpy(ridge, v, matvec(v)))
 
     x = tree_zeros_like(b) if init is None else init
     r = b if init is None else tree_sub(b, op(x))
